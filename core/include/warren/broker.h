@@ -1,0 +1,258 @@
+/*
+ * broker.h: the broker model that transports drive: vhosts, exchanges, queues, bindings,
+ * publish, push consumers with prefetch, ack / nack / reject, and users.
+ *
+ * Names follow RabbitMQ. Every vhost starts with the exchanges RabbitMQ predeclares: the
+ * default exchange "" (direct; every queue is bound to it by its own name), amq.direct,
+ * amq.fanout, amq.topic, amq.headers and amq.match. Exchange types and storage backends are
+ * plugins, found by name among those the broker loaded.
+ *
+ * Thread: the loop thread, always. Deliveries to consumers happen from a deferred task after
+ * the publish or ack that made them possible, never inside the caller's stack.
+ */
+#ifndef WARREN_BROKER_H
+#define WARREN_BROKER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "warren/error.h"
+#include "warren/export.h"
+#include "warren/msg.h"
+#include "warren/plugin.h"
+#include "warren/storage.h"
+#include "warren/transport.h"
+#include "warren/value.h"
+
+WR_BEGIN_DECLS
+
+struct wr_loop;
+struct wr_broker;
+struct wr_vhost;
+struct wr_exchange;
+struct wr_queue;
+struct wr_consumer;
+
+/* ---- broker and plugins ------------------------------------------------------------- */
+
+/* A broker on lp with no vhosts and no plugins. data_dir is where storage plugins keep
+ * files (each queue gets a directory below it). */
+WR_API int wr_broker_new(struct wr_loop *lp, const char *data_dir, struct wr_broker **out,
+                         struct wr_error *err);
+/* Stops transports, deletes every vhost (closing queues' storage), then closes the plugins
+ * in reverse load order. Accepts NULL. */
+WR_API void wr_broker_free(struct wr_broker *b);
+
+WR_API struct wr_loop *wr_broker_loop(const struct wr_broker *b);
+
+/* Loads a plugin: from path if it is not NULL, else the first dirs[i]/NAME.so that exists
+ * (dirs is NULL-terminated). Refuses with a message naming the file: a file that does not
+ * load, a missing wr_plugin_entry, another ABI major or a newer minor, a descriptor whose
+ * size is too small, a kind other than want_kind (0: any), a name other than name (when
+ * name is not NULL) and a name already loaded. On success the plugin is the broker's. */
+WR_API int wr_broker_load_plugin(struct wr_broker *b, const char *name, const char *path,
+                                 const char *const *dirs, enum wr_plugin_kind want_kind,
+                                 struct wr_plugin_ctx **out, struct wr_error *err);
+/* A loaded plugin by name and kind (0: any kind), or NULL. */
+WR_API struct wr_plugin_ctx *wr_broker_plugin(const struct wr_broker *b, const char *name,
+                                              enum wr_plugin_kind kind);
+
+/* Starts a listener of a loaded transport plugin. It is stopped by wr_broker_stop_listeners
+ * or wr_broker_free. */
+WR_API int wr_broker_listen(struct wr_broker *b, const char *transport,
+                            const struct wr_listener_args *args, struct wr_error *err);
+/* The port the n-th listener bound (0-based, in start order), or 0. */
+WR_API uint16_t wr_broker_listener_port(const struct wr_broker *b, unsigned n);
+/* Gracefully stops every listener, in reverse start order. */
+WR_API void wr_broker_stop_listeners(struct wr_broker *b);
+
+/* ---- users ------------------------------------------------------------------------- */
+
+WR_API int wr_broker_user_add(struct wr_broker *b, const char *name, const char *password,
+                              const char *const *vhosts, struct wr_error *err);
+/* True when name exists and password matches. */
+WR_API bool wr_broker_authenticate(const struct wr_broker *b, const char *name,
+                                   const char *password);
+/* True when user may use vhost. */
+WR_API bool wr_broker_user_may_access(const struct wr_broker *b, const char *user,
+                                      const char *vhost);
+
+/* ---- vhosts ------------------------------------------------------------------------ */
+
+/* Adds a vhost with the predeclared exchanges. Their types (direct, fanout, topic, headers)
+ * must be loaded. WR_EEXIST if it exists. */
+WR_API int wr_vhost_add(struct wr_broker *b, const char *name, struct wr_vhost **out,
+                        struct wr_error *err);
+WR_API struct wr_vhost *wr_vhost_find(const struct wr_broker *b, const char *name);
+WR_API const char *wr_vhost_name(const struct wr_vhost *vh);
+
+/* ---- exchanges --------------------------------------------------------------------- */
+
+struct wr_exchange_decl {
+    const char *name;
+    const char *type;             /* an exchange plugin's name */
+    bool durable;
+    bool auto_delete;             /* deleted when its last binding goes */
+    bool internal;                /* clients may not publish to it directly */
+    const struct wr_table *args;  /* passed to the plugin's create; may be NULL */
+};
+
+/* Declares an exchange; an existing one with equal properties is returned as it is.
+ * Errors: WR_EEXIST an exchange of that name differs (type, durable, auto_delete, internal);
+ * WR_ENOTFOUND no exchange plugin of that type is loaded; WR_EPERM the name starts with
+ * "amq." (reserved); WR_EINVAL the plugin refused the arguments. */
+WR_API int wr_exchange_declare(struct wr_vhost *vh, const struct wr_exchange_decl *decl,
+                               struct wr_exchange **out, struct wr_error *err);
+WR_API struct wr_exchange *wr_exchange_find(const struct wr_vhost *vh, const char *name);
+/* Deletes an exchange and every binding from and to it. WR_EBUSY when if_unused and it has
+ * bindings from it; WR_EPERM for the predeclared ones. */
+WR_API int wr_exchange_delete(struct wr_exchange *ex, bool if_unused, struct wr_error *err);
+WR_API const char *wr_exchange_name(const struct wr_exchange *ex);
+WR_API const char *wr_exchange_type(const struct wr_exchange *ex);
+WR_API bool wr_exchange_is_internal(const struct wr_exchange *ex);
+WR_API bool wr_exchange_is_durable(const struct wr_exchange *ex);
+WR_API bool wr_exchange_is_auto_delete(const struct wr_exchange *ex);
+
+/* ---- queues ------------------------------------------------------------------------ */
+
+struct wr_queue_decl {
+    const char *name;             /* "" or NULL: the broker names it "amq.gen-..." */
+    const char *storage;          /* a storage plugin's name; NULL: "memory" */
+    bool durable;
+    bool exclusive;               /* only owner may use it */
+    bool auto_delete;             /* deleted when its last consumer goes */
+    const void *owner;            /* the connection owning an exclusive queue */
+    int64_t max_length;           /* -1: none */
+    int64_t max_length_bytes;     /* -1: none */
+    enum wr_overflow overflow;
+    uint32_t partitions;          /* 0: 1 */
+    const struct wr_table *args;  /* declare arguments, kept for equivalence; may be NULL */
+    const struct wr_table *options; /* the storage plugin's options; may be NULL */
+};
+
+/* Initializes decl with RabbitMQ's defaults: no limits, drop-head, memory storage. */
+WR_API void wr_queue_decl_init(struct wr_queue_decl *decl, const char *name);
+
+/* Declares a queue and binds it to the default exchange by its name; an existing one with
+ * equal properties is returned. Errors: WR_EEXIST differs (durable, exclusive, auto_delete,
+ * storage, limits); WR_EBUSY exclusive to another owner; WR_ENOTFOUND no such storage
+ * plugin; WR_EPERM name starts with "amq."; others from the storage's open. */
+WR_API int wr_queue_declare(struct wr_vhost *vh, const struct wr_queue_decl *decl,
+                            struct wr_queue **out, struct wr_error *err);
+WR_API struct wr_queue *wr_queue_find(const struct wr_vhost *vh, const char *name);
+/* Deletes a queue: its bindings go, its consumers are cancelled (their cancelled op is
+ * called), its messages are dropped; *count (may be NULL) gets how many were ready.
+ * WR_EBUSY when if_unused and it has consumers, or if_empty and it has ready messages. */
+WR_API int wr_queue_delete(struct wr_queue *q, bool if_unused, bool if_empty, uint64_t *count,
+                           struct wr_error *err);
+/* Drops the ready messages; returns how many. */
+WR_API uint64_t wr_queue_purge(struct wr_queue *q);
+WR_API uint64_t wr_queue_depth(const struct wr_queue *q);
+WR_API uint64_t wr_queue_unacked(const struct wr_queue *q);
+WR_API uint32_t wr_queue_consumer_count(const struct wr_queue *q);
+WR_API const char *wr_queue_name(const struct wr_queue *q);
+WR_API const void *wr_queue_owner(const struct wr_queue *q);
+WR_API bool wr_queue_is_durable(const struct wr_queue *q);
+
+/* A queue outlives its deletion while referenced: a transport holding delivery tags of a
+ * queue takes a reference, and settling on a deleted queue answers WR_ENOTFOUND. */
+WR_API struct wr_queue *wr_queue_ref(struct wr_queue *q);
+WR_API void wr_queue_unref(struct wr_queue *q);
+WR_API bool wr_queue_is_deleted(const struct wr_queue *q);
+
+/* ---- bindings ---------------------------------------------------------------------- */
+
+/* Binds a queue (or an exchange) to ex with key and args; binding the same triple again is
+ * a no-op. Errors: WR_EPERM binding to or from the default exchange; WR_EINVAL the exchange
+ * plugin refused the arguments. */
+WR_API int wr_bind_queue(struct wr_exchange *ex, struct wr_queue *q, const char *key,
+                         const struct wr_table *args, struct wr_error *err);
+WR_API int wr_bind_exchange(struct wr_exchange *src, struct wr_exchange *dst, const char *key,
+                            const struct wr_table *args, struct wr_error *err);
+/* Removes a binding; a missing one is not an error (RabbitMQ answers unbind-ok too). */
+WR_API int wr_unbind_queue(struct wr_exchange *ex, struct wr_queue *q, const char *key,
+                           const struct wr_table *args, struct wr_error *err);
+WR_API int wr_unbind_exchange(struct wr_exchange *src, struct wr_exchange *dst,
+                              const char *key, const struct wr_table *args,
+                              struct wr_error *err);
+/* Bindings from ex. */
+WR_API uint32_t wr_exchange_binding_count(const struct wr_exchange *ex);
+
+/* ---- publish ----------------------------------------------------------------------- */
+
+/* Routes msg through ex (and the exchanges bound to it, each at most once) and stores it in
+ * every matching queue, each at most once. msg is borrowed; queues take references.
+ * Returns how many queues stored it (0: unroutable, for AMQP's mandatory flag), or a
+ * negative error: WR_ELIMIT when it exceeds the broker's maximum message size. A queue that
+ * refuses it (reject-publish overflow) is not counted and does not fail the publish. */
+WR_API int wr_publish(struct wr_exchange *ex, struct wr_msg *msg, struct wr_error *err);
+
+/* Routes msg through ex as wr_publish would, without storing it: fills out[0..max) with the
+ * distinct queues it reaches and returns how many there are (may exceed max). For
+ * benchmarks, tests and tools. */
+WR_API size_t wr_exchange_route(struct wr_exchange *ex, const struct wr_msg *msg,
+                                struct wr_queue **out, size_t max);
+
+/* Largest body accepted by wr_publish (bytes); default 128 MiB as RabbitMQ. */
+WR_API void wr_broker_set_max_message_size(struct wr_broker *b, uint64_t bytes);
+
+/* ---- consumers --------------------------------------------------------------------- */
+
+struct wr_delivery {
+    struct wr_queue *q;
+    struct wr_msg *msg;   /* borrowed: valid until settled, or until deliver returns */
+    uint64_t tag;         /* the storage's tag: settle with it */
+    bool redelivered;
+};
+
+struct wr_consumer_ops {
+    uint32_t size; /* sizeof(struct wr_consumer_ops) */
+    /* A message for the consumer. Unless no_ack, it stays unacked until settled. */
+    void (*deliver)(struct wr_consumer *c, const struct wr_delivery *d, void *data);
+    /* Optional: may the consumer take one more now? (channel-wide limits, socket
+     * back-pressure). When it turns true again, call wr_consumer_kick(). */
+    bool (*ready)(struct wr_consumer *c, void *data);
+    /* Optional: the broker cancelled the consumer (its queue was deleted). The consumer is
+     * freed right after this returns. */
+    void (*cancelled)(struct wr_consumer *c, void *data);
+};
+
+struct wr_consume_args {
+    uint32_t prefetch;  /* most unacked deliveries at once; 0: no limit */
+    bool no_ack;        /* deliveries count as acked when sent */
+    bool exclusive;     /* the only consumer of the queue */
+};
+
+/* Starts pushing q's messages to a consumer, round-robin with the others. Errors: WR_EBUSY
+ * the queue has an exclusive consumer, or exclusive was asked and it has consumers. */
+WR_API int wr_queue_consume(struct wr_queue *q, const struct wr_consumer_ops *ops,
+                            const struct wr_consume_args *args, void *data,
+                            struct wr_consumer **out, struct wr_error *err);
+/* Settles one delivery. WR_ENOTFOUND: not unacked by this consumer. */
+WR_API int wr_consumer_ack(struct wr_consumer *c, uint64_t tag, struct wr_error *err);
+/* Negative ack (AMQP nack and reject): requeue at its original place with the redelivered
+ * flag, or drop it. */
+WR_API int wr_consumer_nack(struct wr_consumer *c, uint64_t tag, bool requeue,
+                            struct wr_error *err);
+/* Stops the consumer and frees it. With requeue_unacked its unacked deliveries go back to
+ * the queue (redelivered); without it they stay unacked and the caller settles them with
+ * wr_queue_ack / wr_queue_nack (AMQP keeps them until the channel closes). An auto-delete
+ * queue whose last consumer this was is deleted. */
+WR_API void wr_consumer_cancel(struct wr_consumer *c, bool requeue_unacked);
+WR_API void wr_consumer_set_prefetch(struct wr_consumer *c, uint32_t prefetch);
+/* The consumer may take more now (its ready op turned true): schedule a dispatch. */
+WR_API void wr_consumer_kick(struct wr_consumer *c);
+WR_API uint32_t wr_consumer_unacked(const struct wr_consumer *c);
+WR_API struct wr_queue *wr_consumer_queue(const struct wr_consumer *c);
+
+/* Pull one message (AMQP basic.get). WR_ENOTFOUND when none is ready. d->msg carries a
+ * reference the caller drops with wr_msg_unref(). With no_ack it is acked at once. */
+WR_API int wr_queue_get(struct wr_queue *q, bool no_ack, struct wr_delivery *d,
+                        struct wr_error *err);
+/* Settle a delivery not owned by a live consumer (basic.get, or a cancelled consumer's). */
+WR_API int wr_queue_ack(struct wr_queue *q, uint64_t tag, struct wr_error *err);
+WR_API int wr_queue_nack(struct wr_queue *q, uint64_t tag, bool requeue, struct wr_error *err);
+
+WR_END_DECLS
+
+#endif

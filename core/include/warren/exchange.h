@@ -1,0 +1,59 @@
+/*
+ * exchange.h: what an exchange-type plugin implements.
+ *
+ * The core owns bindings and destinations; a plugin only indexes bindings and, for a
+ * message, names the ones that match with wr_route_add(). The core resolves them to queues
+ * and exchanges, follows exchange-to-exchange bindings (cycle-safe) and delivers each queue
+ * a message at most once, so a plugin may add the same destination twice without harm.
+ *
+ * All ops run on the loop thread. route must not allocate on the common path: it is the
+ * broker's hottest code.
+ */
+#ifndef WARREN_EXCHANGE_H
+#define WARREN_EXCHANGE_H
+
+#include "warren/error.h"
+#include "warren/export.h"
+#include "warren/msg.h"
+#include "warren/plugin.h"
+#include "warren/value.h"
+
+WR_BEGIN_DECLS
+
+/* A binding from this exchange to a destination. Owned by the core; the pointer stays valid
+ * from bind until unbind returns, so a plugin may keep it in its index. */
+struct wr_binding {
+    struct wr_str key;            /* NUL-terminated as well */
+    const struct wr_table *args;  /* never NULL */
+    void *plugin_data;            /* the plugin's own, e.g. parsed arguments; NULL at bind */
+};
+
+/* The set a route call fills. */
+struct wr_route;
+
+/* Names a matching binding. Cheap and allocation-free in the common case. */
+WR_API void wr_route_add(struct wr_route *out, const struct wr_binding *b);
+
+struct wr_exchange_args {
+    const char *vhost;
+    const char *name;
+    const struct wr_table *options; /* YAML options or AMQP declare arguments; never NULL */
+};
+
+struct wr_exchange_ops {
+    uint32_t size; /* sizeof(struct wr_exchange_ops) */
+    /* Makes the state of one exchange. Errors: WR_EINVAL for bad options (with a message). */
+    int (*create)(struct wr_plugin_ctx *ctx, const struct wr_exchange_args *args, void **state,
+                  struct wr_error *err);
+    void (*destroy)(void *state);
+    /* Indexes b. May refuse bad arguments with WR_EINVAL (AMQP turns it into 406). */
+    int (*bind)(void *state, struct wr_binding *b, struct wr_error *err);
+    /* Removes b from the index; frees b->plugin_data. */
+    void (*unbind)(void *state, struct wr_binding *b);
+    /* Adds every binding msg matches to out. */
+    void (*route)(void *state, const struct wr_msg *msg, struct wr_route *out);
+};
+
+WR_END_DECLS
+
+#endif

@@ -1,0 +1,155 @@
+/*
+ * broker_int.h (internal): the broker model's structs, shared by broker.c (broker, users,
+ * listeners, vhosts), plugin.c (the loader), exchange.c (exchanges, bindings, routing,
+ * publish) and queue.c (queues, consumers, dispatch). Plugins never see these.
+ */
+#ifndef WARREN_BROKER_INT_H
+#define WARREN_BROKER_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "map.h"
+#include "warren/wr.h"
+
+struct wr_plugin_ctx {
+    struct wr_broker *broker;
+    const struct wr_plugin *plugin;
+    void *dl;            /* dlopen handle */
+    char *path;
+    struct wr_plugin_ctx *prev, *next; /* load order */
+};
+
+struct listener {
+    struct wr_plugin_ctx *ctx;
+    void *state;
+};
+
+struct user {
+    char *name;
+    char *password;
+    char **vhosts;       /* NULL-terminated */
+};
+
+struct wr_broker {
+    struct wr_loop *lp;
+    char *data_dir;
+    struct wr_plugin_ctx *plugins, *plugins_tail;
+    struct listener *listeners;
+    unsigned n_listeners;
+    struct user *users;
+    size_t n_users;
+    struct wr_vhost **vhosts;
+    size_t n_vhosts;
+    uint64_t max_message_size;
+    uint64_t route_epoch;        /* marks destinations already in the current route set */
+    struct wr_queue *dispatch;   /* queues waiting for a dispatch pass, singly linked */
+    bool dispatch_deferred;
+};
+
+struct wr_vhost {
+    struct wr_broker *broker;
+    char *name;
+    struct map exchanges;        /* name -> struct wr_exchange */
+    struct map queues;           /* name -> struct wr_queue */
+    struct wr_exchange *default_ex;
+};
+
+/* A binding, as the core owns it; the plugin sees the embedded struct wr_binding. */
+struct binding {
+    struct wr_binding pub;       /* first: plugins' pointers convert back */
+    struct wr_exchange *src;
+    struct wr_queue *q;          /* exactly one of q and dst is set */
+    struct wr_exchange *dst;
+    struct binding *prev, *next; /* in src's outgoing list */
+    struct binding *in_prev, *in_next; /* in the destination's incoming list */
+    char *key;
+    struct wr_table *args;
+};
+
+struct wr_exchange {
+    struct wr_vhost *vh;
+    char *name;
+    struct wr_plugin_ctx *ctx;
+    const struct wr_exchange_ops *ops;
+    void *state;
+    bool durable, auto_delete, internal, predeclared, deleting;
+    struct wr_table *args;
+    struct binding *out;         /* bindings from this exchange */
+    uint32_t n_out;
+    struct binding *in;          /* exchange-to-exchange bindings to this exchange */
+    uint64_t mark;
+};
+
+struct tagset {                  /* open-addressing set of unacked tags; 0 is never a tag */
+    uint64_t *slots;
+    size_t cap, count;
+};
+
+struct wr_consumer {
+    struct wr_queue *q;
+    const struct wr_consumer_ops *ops;
+    void *data;
+    uint32_t prefetch;
+    bool no_ack, exclusive;
+    bool cancelled;              /* cancelled inside its own deliver: freed after it */
+    struct tagset unacked;
+};
+
+struct wr_queue {
+    struct wr_vhost *vh;
+    char *name;
+    uint32_t refs;
+    bool deleted;
+    struct wr_plugin_ctx *ctx;   /* storage plugin */
+    const struct wr_storage_ops *ops;
+    void *state;
+    char *storage;
+    bool durable, exclusive, auto_delete;
+    const void *owner;
+    int64_t max_length, max_length_bytes;
+    enum wr_overflow overflow;
+    uint32_t partitions;
+    struct wr_table *args;
+    struct binding *in;          /* bindings to this queue */
+    struct wr_consumer **consumers;
+    uint32_t n_consumers, cap_consumers, rr;
+    struct wr_consumer *delivering; /* the consumer whose deliver op is running */
+    bool had_consumer;
+    bool dispatch_pending;
+    struct wr_queue *dispatch_next;
+    uint64_t mark;
+};
+
+/* plugin.c */
+void plugin_close_all(struct wr_broker *b);
+bool plugin_ops_fit(const void *ops, uint32_t need);
+/* "a" or "an", to go before wr_plugin_kind_name(kind). */
+const char *plugin_kind_article(enum wr_plugin_kind kind);
+/* An op exists when the plugin's table is long enough to hold it and it is not NULL. */
+#define HAS_OP(ops, type, member)                                                             \
+    (plugin_ops_fit(ops, offsetof(type, member) + sizeof(((type *)0)->member)) &&            \
+     ((const type *)(ops))->member)
+#define HAS_TRANSPORT_PORT(ops) HAS_OP(ops, struct wr_transport_ops, port)
+
+/* exchange.c */
+int exchange_create(struct wr_vhost *vh, const struct wr_exchange_decl *decl, bool predeclared,
+                    struct wr_exchange **out, struct wr_error *err);
+void exchange_free_all(struct wr_vhost *vh);
+/* Removes one binding (plugin unbind, both lists), and auto-deletes its source exchange if it
+ * was its last. */
+void binding_remove(struct binding *bd);
+
+/* Binds q to the default exchange by its name (done by every queue declare). */
+int queue_bind_default(struct wr_queue *q, struct wr_error *err);
+
+/* queue.c */
+void queue_free_all(struct wr_vhost *vh);
+void queue_schedule(struct wr_queue *q);
+/* Drops pending dispatch work (the broker is being freed). */
+void queue_dispatch_cancel(struct wr_broker *b);
+/* Storage of a message into q by wr_publish: WR_OK, or WR_ELIMIT when refused. */
+int queue_store(struct wr_queue *q, struct wr_msg *msg, struct wr_error *err);
+
+#endif

@@ -1,0 +1,401 @@
+/*
+ * exchange.c: exchanges, bindings and routing.
+ *
+ * An exchange's plugin indexes its bindings and names the matching ones; this file owns the
+ * bindings, follows exchange-to-exchange bindings breadth-first, and makes every destination
+ * appear once per publish. Dedup is a mark per destination compared with a per-route epoch,
+ * so it costs one compare and no hashing; the route set keeps its first entries inline, so
+ * a publish allocates nothing unless it reaches more than ROUTE_INLINE queues.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker_int.h"
+
+enum { ROUTE_INLINE = 16 };
+
+struct wr_route {
+    uint64_t epoch;
+    struct wr_queue **queues;
+    size_t n_queues, cap_queues;
+    struct wr_exchange **exchanges; /* exchanges reached, routed through in order */
+    size_t n_exchanges, cap_exchanges;
+    bool oom;
+    struct wr_queue *queues_inline[ROUTE_INLINE];
+    struct wr_exchange *exchanges_inline[ROUTE_INLINE];
+};
+
+static bool grow(void **items, size_t *cap, void *inline_items, size_t size)
+{
+    size_t ncap = *cap * 2;
+    void *n = *items == inline_items ? malloc(ncap * size) : realloc(*items, ncap * size);
+    if (!n)
+        return false;
+    if (*items == inline_items)
+        memcpy(n, inline_items, *cap * size);
+    *items = n;
+    *cap = ncap;
+    return true;
+}
+
+void wr_route_add(struct wr_route *r, const struct wr_binding *pub)
+{
+    const struct binding *bd = (const struct binding *)pub;
+    if (bd->q) {
+        if (bd->q->mark == r->epoch)
+            return;
+        if (r->n_queues == r->cap_queues &&
+            !grow((void **)&r->queues, &r->cap_queues, r->queues_inline, sizeof *r->queues)) {
+            r->oom = true;
+            return;
+        }
+        bd->q->mark = r->epoch;
+        r->queues[r->n_queues++] = bd->q;
+    } else {
+        if (bd->dst->mark == r->epoch)
+            return; /* reached already: this is how a binding cycle ends */
+        if (r->n_exchanges == r->cap_exchanges &&
+            !grow((void **)&r->exchanges, &r->cap_exchanges, r->exchanges_inline,
+                  sizeof *r->exchanges)) {
+            r->oom = true;
+            return;
+        }
+        bd->dst->mark = r->epoch;
+        r->exchanges[r->n_exchanges++] = bd->dst;
+    }
+}
+
+/* Fills r with the distinct queues msg reaches from ex. */
+static void route(struct wr_exchange *ex, const struct wr_msg *msg, struct wr_route *r)
+{
+    r->epoch = ++ex->vh->broker->route_epoch;
+    r->queues = r->queues_inline;
+    r->cap_queues = ROUTE_INLINE;
+    r->n_queues = 0;
+    r->exchanges = r->exchanges_inline;
+    r->cap_exchanges = ROUTE_INLINE;
+    r->exchanges[0] = ex;
+    r->n_exchanges = 1;
+    r->oom = false;
+    ex->mark = r->epoch;
+    for (size_t i = 0; i < r->n_exchanges; i++) {
+        struct wr_exchange *e = r->exchanges[i];
+        if (e->n_out)
+            e->ops->route(e->state, msg, r);
+    }
+}
+
+static void route_fini(struct wr_route *r)
+{
+    if (r->queues != r->queues_inline)
+        free(r->queues);
+    if (r->exchanges != r->exchanges_inline)
+        free(r->exchanges);
+}
+
+size_t wr_exchange_route(struct wr_exchange *ex, const struct wr_msg *msg,
+                         struct wr_queue **out, size_t max)
+{
+    struct wr_route r;
+    route(ex, msg, &r);
+    for (size_t i = 0; i < r.n_queues && i < max; i++)
+        out[i] = r.queues[i];
+    size_t n = r.n_queues;
+    route_fini(&r);
+    return n;
+}
+
+int wr_publish(struct wr_exchange *ex, struct wr_msg *msg, struct wr_error *err)
+{
+    struct wr_broker *b = ex->vh->broker;
+    if (msg->body.len > b->max_message_size)
+        return wr_error_set(err, WR_ELIMIT,
+                            "message body of %zu bytes exceeds max_message_size (%llu bytes)",
+                            msg->body.len, (unsigned long long)b->max_message_size);
+    struct wr_route r;
+    route(ex, msg, &r);
+    if (r.oom) {
+        route_fini(&r);
+        return wr_error_set(err, WR_ENOMEM, "out of memory routing a message");
+    }
+    int stored = 0;
+    for (size_t i = 0; i < r.n_queues; i++)
+        if (queue_store(r.queues[i], msg, NULL) == WR_OK)
+            stored++;
+    route_fini(&r);
+    return stored;
+}
+
+/* ---- exchanges ---------------------------------------------------------------------- */
+
+int exchange_create(struct wr_vhost *vh, const struct wr_exchange_decl *decl, bool predeclared,
+                    struct wr_exchange **out, struct wr_error *err)
+{
+    struct wr_broker *b = vh->broker;
+    struct wr_plugin_ctx *ctx = wr_broker_plugin(b, decl->type, WR_PLUGIN_EXCHANGE);
+    if (!ctx)
+        return wr_error_set(err, WR_ENOTFOUND,
+                            "exchange '%s': unknown exchange type '%s' (no exchange plugin of "
+                            "that name is loaded)",
+                            decl->name, decl->type);
+    struct wr_exchange *ex = calloc(1, sizeof *ex);
+    if (!ex || !(ex->name = strdup(decl->name)) || !(ex->args = wr_table_dup(decl->args))) {
+        if (ex)
+            free(ex->name);
+        free(ex);
+        return wr_error_set(err, WR_ENOMEM, "out of memory declaring exchange '%s'", decl->name);
+    }
+    ex->vh = vh;
+    ex->ctx = ctx;
+    ex->ops = ctx->plugin->ops;
+    ex->durable = decl->durable;
+    ex->auto_delete = decl->auto_delete;
+    ex->internal = decl->internal;
+    ex->predeclared = predeclared;
+    struct wr_exchange_args args = {vh->name, decl->name, ex->args};
+    int rc = ex->ops->create(ctx, &args, &ex->state, err);
+    if (rc == WR_OK && map_put(&vh->exchanges, ex->name, ex) != 0) {
+        ex->ops->destroy(ex->state);
+        rc = wr_error_set(err, WR_ENOMEM, "out of memory declaring exchange '%s'", decl->name);
+    }
+    if (rc != WR_OK) {
+        wr_table_free(ex->args);
+        free(ex->name);
+        free(ex);
+        return rc;
+    }
+    *out = ex;
+    return WR_OK;
+}
+
+int wr_exchange_declare(struct wr_vhost *vh, const struct wr_exchange_decl *decl,
+                        struct wr_exchange **out, struct wr_error *err)
+{
+    struct wr_exchange *ex = wr_exchange_find(vh, decl->name);
+    if (ex) {
+        const char *type = wr_exchange_type(ex);
+        if (strcmp(type, decl->type) != 0 || ex->durable != decl->durable ||
+            ex->auto_delete != decl->auto_delete || ex->internal != decl->internal)
+            return wr_error_set(err, WR_EEXIST,
+                                "inequivalent arg for exchange '%s' in vhost '%s': it exists "
+                                "as type %s durable=%d auto_delete=%d internal=%d",
+                                decl->name, vh->name, type, ex->durable, ex->auto_delete,
+                                ex->internal);
+        if (out)
+            *out = ex;
+        return WR_OK;
+    }
+    if (strncmp(decl->name, "amq.", 4) == 0 || !decl->name[0])
+        return wr_error_set(err, WR_EPERM,
+                            "exchange name '%s' is reserved (the default exchange and names "
+                            "starting with 'amq.' belong to the broker)",
+                            decl->name);
+    struct wr_exchange *created;
+    int rc = exchange_create(vh, decl, false, &created, err);
+    if (rc == WR_OK && out)
+        *out = created;
+    return rc;
+}
+
+struct wr_exchange *wr_exchange_find(const struct wr_vhost *vh, const char *name)
+{
+    return map_get(&vh->exchanges, name);
+}
+
+static void exchange_destroy(struct wr_exchange *ex)
+{
+    ex->deleting = true;
+    while (ex->in)
+        binding_remove(ex->in);
+    while (ex->out)
+        binding_remove(ex->out);
+    map_del(&ex->vh->exchanges, ex->name);
+    ex->ops->destroy(ex->state);
+    wr_table_free(ex->args);
+    free(ex->name);
+    free(ex);
+}
+
+int wr_exchange_delete(struct wr_exchange *ex, bool if_unused, struct wr_error *err)
+{
+    if (ex->predeclared)
+        return wr_error_set(err, WR_EPERM, "exchange '%s' is predeclared and cannot be deleted",
+                            ex->name);
+    if (if_unused && ex->n_out)
+        return wr_error_set(err, WR_EBUSY, "exchange '%s' in vhost '%s' in use", ex->name,
+                            ex->vh->name);
+    exchange_destroy(ex);
+    return WR_OK;
+}
+
+void exchange_free_all(struct wr_vhost *vh)
+{
+    /* Collect first: destroying edits the map. */
+    size_t n = 0;
+    struct wr_exchange **all = malloc((vh->exchanges.count + 1) * sizeof *all);
+    for (size_t i = 0; all && i < vh->exchanges.cap; i++)
+        if (vh->exchanges.slots[i].key)
+            all[n++] = vh->exchanges.slots[i].val;
+    for (size_t i = 0; i < n; i++)
+        all[i]->deleting = true; /* no auto-delete cascades during teardown */
+    for (size_t i = 0; i < n; i++)
+        exchange_destroy(all[i]);
+    free(all);
+}
+
+const char *wr_exchange_name(const struct wr_exchange *ex) { return ex->name; }
+const char *wr_exchange_type(const struct wr_exchange *ex) { return ex->ctx->plugin->name; }
+bool wr_exchange_is_internal(const struct wr_exchange *ex) { return ex->internal; }
+bool wr_exchange_is_durable(const struct wr_exchange *ex) { return ex->durable; }
+bool wr_exchange_is_auto_delete(const struct wr_exchange *ex) { return ex->auto_delete; }
+uint32_t wr_exchange_binding_count(const struct wr_exchange *ex) { return ex->n_out; }
+
+/* ---- bindings ----------------------------------------------------------------------- */
+
+static bool args_equal(const struct wr_table *a, const struct wr_table *b)
+{
+    struct wr_value va = {.type = WR_V_TABLE}, vb = {.type = WR_V_TABLE};
+    static const struct wr_table none = {0, NULL};
+    va.u.table = a ? a : &none;
+    vb.u.table = b ? b : &none;
+    return wr_value_equal(&va, &vb);
+}
+
+static struct binding *binding_find(struct wr_exchange *src, struct wr_queue *q,
+                                    struct wr_exchange *dst, const char *key,
+                                    const struct wr_table *args)
+{
+    for (struct binding *bd = src->out; bd; bd = bd->next)
+        if (bd->q == q && bd->dst == dst && strcmp(bd->key, key) == 0 &&
+            args_equal(bd->args, args))
+            return bd;
+    return NULL;
+}
+
+static struct binding **incoming_list(struct binding *bd)
+{
+    return bd->q ? &bd->q->in : &bd->dst->in;
+}
+
+static int binding_add(struct wr_exchange *src, struct wr_queue *q, struct wr_exchange *dst,
+                       const char *key, const struct wr_table *args, bool allow_default,
+                       struct wr_error *err)
+{
+    if (!key)
+        key = "";
+    if ((src == src->vh->default_ex || dst == src->vh->default_ex) && !allow_default)
+        return wr_error_set(err, WR_EPERM,
+                            "operation not permitted on the default exchange: every queue is "
+                            "bound to it by its own name");
+    if (binding_find(src, q, dst, key, args))
+        return WR_OK;
+    struct binding *bd = calloc(1, sizeof *bd);
+    if (!bd || !(bd->key = strdup(key)) || !(bd->args = wr_table_dup(args))) {
+        if (bd)
+            free(bd->key);
+        free(bd);
+        return wr_error_set(err, WR_ENOMEM, "out of memory adding a binding");
+    }
+    bd->src = src;
+    bd->q = q;
+    bd->dst = dst;
+    bd->pub.key = (struct wr_str){bd->key, strlen(bd->key)};
+    bd->pub.args = bd->args;
+    int rc = src->ops->bind(src->state, &bd->pub, err);
+    if (rc != WR_OK) {
+        wr_table_free(bd->args);
+        free(bd->key);
+        free(bd);
+        return rc;
+    }
+    bd->next = src->out;
+    if (src->out)
+        src->out->prev = bd;
+    src->out = bd;
+    src->n_out++;
+    struct binding **in = incoming_list(bd);
+    bd->in_next = *in;
+    if (*in)
+        (*in)->in_prev = bd;
+    *in = bd;
+    return WR_OK;
+}
+
+void binding_remove(struct binding *bd)
+{
+    struct wr_exchange *src = bd->src;
+    src->ops->unbind(src->state, &bd->pub);
+    if (bd->prev)
+        bd->prev->next = bd->next;
+    else
+        src->out = bd->next;
+    if (bd->next)
+        bd->next->prev = bd->prev;
+    src->n_out--;
+    struct binding **in = incoming_list(bd);
+    if (bd->in_prev)
+        bd->in_prev->in_next = bd->in_next;
+    else
+        *in = bd->in_next;
+    if (bd->in_next)
+        bd->in_next->in_prev = bd->in_prev;
+    wr_table_free(bd->args);
+    free(bd->key);
+    free(bd);
+    /* RabbitMQ: an auto-delete exchange goes when its last binding does. */
+    if (src->auto_delete && !src->n_out && !src->deleting)
+        exchange_destroy(src);
+}
+
+int queue_bind_default(struct wr_queue *q, struct wr_error *err)
+{
+    return binding_add(q->vh->default_ex, q, NULL, q->name, NULL, true, err);
+}
+
+static int same_vhost(const struct wr_exchange *ex, const struct wr_vhost *vh,
+                      struct wr_error *err)
+{
+    if (ex->vh != vh)
+        return wr_error_set(err, WR_EINVAL, "cannot bind across vhosts ('%s' and '%s')",
+                            ex->vh->name, vh->name);
+    return WR_OK;
+}
+
+int wr_bind_queue(struct wr_exchange *ex, struct wr_queue *q, const char *key,
+                  const struct wr_table *args, struct wr_error *err)
+{
+    int rc = same_vhost(ex, q->vh, err);
+    if (rc == WR_OK && q->deleted)
+        rc = wr_error_set(err, WR_ENOTFOUND, "queue '%s' was deleted", q->name);
+    return rc == WR_OK ? binding_add(ex, q, NULL, key, args, false, err) : rc;
+}
+
+int wr_bind_exchange(struct wr_exchange *src, struct wr_exchange *dst, const char *key,
+                     const struct wr_table *args, struct wr_error *err)
+{
+    int rc = same_vhost(src, dst->vh, err);
+    return rc == WR_OK ? binding_add(src, NULL, dst, key, args, false, err) : rc;
+}
+
+static int unbind(struct wr_exchange *src, struct wr_queue *q, struct wr_exchange *dst,
+                  const char *key, const struct wr_table *args, struct wr_error *err)
+{
+    if (src == src->vh->default_ex || dst == src->vh->default_ex)
+        return wr_error_set(err, WR_EPERM, "operation not permitted on the default exchange");
+    struct binding *bd = binding_find(src, q, dst, key ? key : "", args);
+    if (bd)
+        binding_remove(bd);
+    return WR_OK;
+}
+
+int wr_unbind_queue(struct wr_exchange *ex, struct wr_queue *q, const char *key,
+                    const struct wr_table *args, struct wr_error *err)
+{
+    return unbind(ex, q, NULL, key, args, err);
+}
+
+int wr_unbind_exchange(struct wr_exchange *src, struct wr_exchange *dst, const char *key,
+                       const struct wr_table *args, struct wr_error *err)
+{
+    return unbind(src, NULL, dst, key, args, err);
+}

@@ -1,0 +1,604 @@
+/*
+ * queue.c: queues and push consumers.
+ *
+ * A queue's messages live in its storage plugin; this file adds what every backend shares:
+ * consumers served round-robin within their prefetch, the unacked tags each consumer holds
+ * (so they go back to the queue when it goes away), and dispatch. Dispatch never runs inside
+ * the publish or ack that made it possible: the queue is put on the broker's dispatch list
+ * and a deferred task serves every listed queue before the loop next sleeps, so a burst of
+ * publishes becomes one pass and one write per connection.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "broker_int.h"
+
+/* ---- tag sets ----------------------------------------------------------------------- */
+
+static uint64_t tag_mix(uint64_t t)
+{
+    t ^= t >> 31;
+    t *= 0x7fb5d329728ea185ULL;
+    t ^= t >> 27;
+    return t;
+}
+
+static size_t tagset_find(const struct tagset *s, uint64_t tag)
+{
+    size_t mask = s->cap - 1;
+    size_t i = tag_mix(tag) & mask;
+    while (s->slots[i] && s->slots[i] != tag)
+        i = (i + 1) & mask;
+    return i;
+}
+
+static bool tagset_add(struct tagset *s, uint64_t tag)
+{
+    if ((s->count + 1) * 2 > s->cap) {
+        struct tagset n = {calloc(s->cap ? s->cap * 2 : 16, sizeof(uint64_t)),
+                           s->cap ? s->cap * 2 : 16, 0};
+        if (!n.slots)
+            return false;
+        for (size_t i = 0; i < s->cap; i++)
+            if (s->slots[i])
+                n.slots[tagset_find(&n, s->slots[i])] = s->slots[i], n.count++;
+        free(s->slots);
+        *s = n;
+    }
+    size_t i = tagset_find(s, tag);
+    if (!s->slots[i])
+        s->count++;
+    s->slots[i] = tag;
+    return true;
+}
+
+static bool tagset_del(struct tagset *s, uint64_t tag)
+{
+    if (!s->cap)
+        return false;
+    size_t mask = s->cap - 1;
+    size_t i = tagset_find(s, tag);
+    if (!s->slots[i])
+        return false;
+    /* Backward-shift deletion, as in map.c. */
+    for (size_t j = (i + 1) & mask; s->slots[j]; j = (j + 1) & mask) {
+        size_t home = tag_mix(s->slots[j]) & mask;
+        if (((j - home) & mask) >= ((j - i) & mask)) {
+            s->slots[i] = s->slots[j];
+            i = j;
+        }
+    }
+    s->slots[i] = 0;
+    s->count--;
+    return true;
+}
+
+/* ---- queues ------------------------------------------------------------------------- */
+
+void wr_queue_decl_init(struct wr_queue_decl *decl, const char *name)
+{
+    *decl = (struct wr_queue_decl){.name = name,
+                                   .max_length = -1,
+                                   .max_length_bytes = -1,
+                                   .overflow = WR_OVERFLOW_DROP_HEAD,
+                                   .partitions = 1};
+}
+
+/* A file-system-safe form of a name: bytes outside [A-Za-z0-9._-] become %XX, so vhost "/"
+ * is "%2F" and no name can climb out of the data directory. */
+static void path_escape(char *out, size_t len, const char *name)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)name; *p && n + 4 < len; p++) {
+        bool safe = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                    (*p >= '0' && *p <= '9') || *p == '_' || *p == '-' ||
+                    (*p == '.' && p != (const unsigned char *)name);
+        if (safe) {
+            out[n++] = (char)*p;
+        } else {
+            out[n++] = '%';
+            out[n++] = hex[*p >> 4];
+            out[n++] = hex[*p & 15];
+        }
+    }
+    out[n] = '\0';
+}
+
+static void storage_dropped(void *owner, struct wr_msg *msg)
+{
+    (void)owner; /* dead-lettering joins here with the AMQP transport */
+    wr_msg_unref(msg);
+}
+
+/* "amq.gen-" and 22 URL-safe base64 characters of randomness, as RabbitMQ names them. */
+static void gen_name(char out[32])
+{
+    static const char b64[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    unsigned char rnd[22];
+    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
+        static uint64_t counter;
+        for (size_t i = 0; i < sizeof rnd; i++)
+            rnd[i] = (unsigned char)(tag_mix(++counter) >> 8);
+    }
+    memcpy(out, "amq.gen-", 8);
+    for (size_t i = 0; i < sizeof rnd; i++)
+        out[8 + i] = b64[rnd[i] & 63];
+    out[30] = '\0';
+}
+
+static int queue_equivalent(const struct wr_queue *q, const struct wr_queue_decl *d,
+                            const char *storage, struct wr_error *err)
+{
+    const char *what = NULL;
+    if (q->durable != d->durable)
+        what = "durable";
+    else if (q->auto_delete != d->auto_delete)
+        what = "auto_delete";
+    else if (q->exclusive != d->exclusive)
+        what = "exclusive";
+    else if (strcmp(q->storage, storage) != 0)
+        what = "storage (x-queue-type)";
+    else if (q->max_length != d->max_length)
+        what = "max_length (x-max-length)";
+    else if (q->max_length_bytes != d->max_length_bytes)
+        what = "max_length_bytes (x-max-length-bytes)";
+    else if (q->overflow != d->overflow)
+        what = "overflow (x-overflow)";
+    if (what)
+        return wr_error_set(err, WR_EEXIST,
+                            "inequivalent arg '%s' for queue '%s' in vhost '%s': it exists "
+                            "with another value",
+                            what, q->name, q->vh->name);
+    return WR_OK;
+}
+
+static void queue_release(struct wr_queue *q)
+{
+    wr_table_free(q->args);
+    free(q->consumers);
+    free(q->storage);
+    free(q->name);
+    free(q);
+}
+
+int wr_queue_declare(struct wr_vhost *vh, const struct wr_queue_decl *decl,
+                     struct wr_queue **out, struct wr_error *err)
+{
+    const char *storage = decl->storage ? decl->storage : "memory";
+    char generated[32];
+    const char *name = decl->name;
+    if (!name || !name[0]) {
+        do
+            gen_name(generated);
+        while (wr_queue_find(vh, generated));
+        name = generated;
+    } else if (strncmp(name, "amq.", 4) == 0) {
+        return wr_error_set(err, WR_EPERM,
+                            "queue name '%s' contains reserved prefix 'amq.'", name);
+    }
+    struct wr_queue *q = wr_queue_find(vh, name);
+    if (q) {
+        if (q->exclusive && q->owner != decl->owner)
+            return wr_error_set(err, WR_EBUSY,
+                                "cannot obtain exclusive access to locked queue '%s' in "
+                                "vhost '%s'",
+                                name, vh->name);
+        int rc = queue_equivalent(q, decl, storage, err);
+        if (rc == WR_OK && out)
+            *out = q;
+        return rc;
+    }
+    struct wr_plugin_ctx *ctx = wr_broker_plugin(vh->broker, storage, WR_PLUGIN_STORAGE);
+    if (!ctx)
+        return wr_error_set(err, WR_ENOTFOUND,
+                            "queue '%s': unknown storage '%s' (no storage plugin of that name "
+                            "is loaded)",
+                            name, storage);
+    q = calloc(1, sizeof *q);
+    if (!q || !(q->name = strdup(name)) || !(q->storage = strdup(storage)) ||
+        !(q->args = wr_table_dup(decl->args))) {
+        if (q)
+            queue_release(q);
+        return wr_error_set(err, WR_ENOMEM, "out of memory declaring queue '%s'", name);
+    }
+    q->vh = vh;
+    q->refs = 1;
+    q->ctx = ctx;
+    q->ops = ctx->plugin->ops;
+    q->durable = decl->durable;
+    q->exclusive = decl->exclusive;
+    q->auto_delete = decl->auto_delete;
+    q->owner = decl->owner;
+    q->max_length = decl->max_length;
+    q->max_length_bytes = decl->max_length_bytes;
+    q->overflow = decl->overflow;
+    q->partitions = decl->partitions ? decl->partitions : 1;
+
+    char vdir[256], qdir[768], dir[4096];
+    path_escape(vdir, sizeof vdir, vh->name);
+    path_escape(qdir, sizeof qdir, q->name);
+    snprintf(dir, sizeof dir, "%s/%s/%s", vh->broker->data_dir, vdir, qdir);
+    static const struct wr_table no_options = {0, NULL};
+    struct wr_storage_args args = {
+        .vhost = vh->name,
+        .queue = q->name,
+        .dir = dir,
+        .durable = q->durable,
+        .max_length = q->max_length,
+        .max_length_bytes = q->max_length_bytes,
+        .overflow = q->overflow,
+        .partitions = q->partitions,
+        .options = decl->options ? decl->options : &no_options,
+        .dropped = storage_dropped,
+        .owner = q,
+    };
+    int rc = q->ops->open(ctx, &args, &q->state, err);
+    if (rc != WR_OK) {
+        wr_error_wrap(err, "queue '%s' (storage %s)", q->name, storage);
+        queue_release(q);
+        return rc;
+    }
+    if (map_put(&vh->queues, q->name, q) != 0) {
+        q->ops->close(q->state);
+        queue_release(q);
+        return wr_error_set(err, WR_ENOMEM, "out of memory declaring queue '%s'", name);
+    }
+    rc = queue_bind_default(q, err);
+    if (rc != WR_OK) {
+        map_del(&vh->queues, q->name);
+        q->ops->close(q->state);
+        queue_release(q);
+        return rc;
+    }
+    if (out)
+        *out = q;
+    return WR_OK;
+}
+
+struct wr_queue *wr_queue_find(const struct wr_vhost *vh, const char *name)
+{
+    return map_get(&vh->queues, name);
+}
+
+struct wr_queue *wr_queue_ref(struct wr_queue *q)
+{
+    q->refs++;
+    return q;
+}
+
+void wr_queue_unref(struct wr_queue *q)
+{
+    if (q && --q->refs == 0)
+        queue_release(q);
+}
+
+static void consumer_free(struct wr_consumer *c)
+{
+    free(c->unacked.slots);
+    free(c);
+}
+
+/* Takes q out of the broker: consumers cancelled, bindings removed, storage closed. The
+ * struct stays while references remain. */
+static void queue_destroy(struct wr_queue *q)
+{
+    q->deleted = true;
+    while (q->n_consumers) {
+        struct wr_consumer *c = q->consumers[--q->n_consumers];
+        if (HAS_OP(c->ops, struct wr_consumer_ops, cancelled))
+            c->ops->cancelled(c, c->data);
+        if (q->delivering == c)
+            c->cancelled = true; /* freed once its deliver returns */
+        else
+            consumer_free(c);
+    }
+    while (q->in)
+        binding_remove(q->in);
+    map_del(&q->vh->queues, q->name);
+    q->ops->close(q->state);
+    q->state = NULL;
+    wr_queue_unref(q);
+}
+
+int wr_queue_delete(struct wr_queue *q, bool if_unused, bool if_empty, uint64_t *count,
+                    struct wr_error *err)
+{
+    if (q->deleted)
+        return wr_error_set(err, WR_ENOTFOUND, "queue '%s' was deleted", q->name);
+    if (if_unused && q->n_consumers)
+        return wr_error_set(err, WR_EBUSY, "queue '%s' in vhost '%s' in use", q->name,
+                            q->vh->name);
+    uint64_t depth = q->ops->depth(q->state);
+    if (if_empty && depth)
+        return wr_error_set(err, WR_EBUSY, "queue '%s' in vhost '%s' is not empty", q->name,
+                            q->vh->name);
+    if (count)
+        *count = depth;
+    queue_destroy(q);
+    return WR_OK;
+}
+
+void queue_free_all(struct wr_vhost *vh)
+{
+    size_t n = 0;
+    struct wr_queue **all = malloc((vh->queues.count + 1) * sizeof *all);
+    for (size_t i = 0; all && i < vh->queues.cap; i++)
+        if (vh->queues.slots[i].key)
+            all[n++] = vh->queues.slots[i].val;
+    for (size_t i = 0; i < n; i++)
+        all[i]->auto_delete = false; /* teardown: no cascades */
+    for (size_t i = 0; i < n; i++)
+        queue_destroy(all[i]);
+    free(all);
+}
+
+uint64_t wr_queue_purge(struct wr_queue *q)
+{
+    return q->deleted ? 0 : q->ops->purge(q->state);
+}
+
+uint64_t wr_queue_depth(const struct wr_queue *q)
+{
+    return q->deleted ? 0 : q->ops->depth(q->state);
+}
+
+uint64_t wr_queue_unacked(const struct wr_queue *q)
+{
+    return q->deleted ? 0 : q->ops->unacked(q->state);
+}
+
+uint32_t wr_queue_consumer_count(const struct wr_queue *q) { return q->n_consumers; }
+const char *wr_queue_name(const struct wr_queue *q) { return q->name; }
+const void *wr_queue_owner(const struct wr_queue *q) { return q->owner; }
+bool wr_queue_is_durable(const struct wr_queue *q) { return q->durable; }
+bool wr_queue_is_deleted(const struct wr_queue *q) { return q->deleted; }
+
+int queue_store(struct wr_queue *q, struct wr_msg *msg, struct wr_error *err)
+{
+    int rc = q->ops->enqueue(q->state, msg, err);
+    if (rc == WR_OK && q->n_consumers)
+        queue_schedule(q);
+    return rc;
+}
+
+/* ---- dispatch ----------------------------------------------------------------------- */
+
+static void dispatch_all(struct wr_loop *lp, void *data);
+
+static bool consumer_can_take(struct wr_consumer *c)
+{
+    if (c->prefetch && c->unacked.count >= c->prefetch)
+        return false;
+    if (HAS_OP(c->ops, struct wr_consumer_ops, ready) && !c->ops->ready(c, c->data))
+        return false;
+    return true;
+}
+
+/* The next consumer round-robin that can take a message, or NULL. */
+static struct wr_consumer *next_consumer(struct wr_queue *q)
+{
+    for (uint32_t i = 0; i < q->n_consumers; i++) {
+        struct wr_consumer *c = q->consumers[(q->rr + i) % q->n_consumers];
+        if (consumer_can_take(c)) {
+            q->rr = (q->rr + i + 1) % q->n_consumers;
+            return c;
+        }
+    }
+    return NULL;
+}
+
+static void queue_dispatch(struct wr_queue *q)
+{
+    struct wr_consumer *c;
+    while (!q->deleted && (c = next_consumer(q))) {
+        struct wr_stored st;
+        if (q->ops->next(q->state, &st) != WR_OK)
+            break;
+        if (!c->no_ack && !tagset_add(&c->unacked, st.tag)) {
+            wr_log(WR_LOG_ERROR, "queue", "out of memory tracking a delivery on '%s'",
+                   q->name);
+            q->ops->requeue(q->state, st.tag);
+            break;
+        }
+        struct wr_delivery d = {q, st.msg, st.tag, st.redelivered};
+        q->delivering = c;
+        if (c->no_ack) {
+            wr_msg_ref(st.msg); /* alive through deliver although acked first */
+            q->ops->ack(q->state, st.tag);
+        }
+        c->ops->deliver(c, &d, c->data);
+        if (c->no_ack)
+            wr_msg_unref(st.msg);
+        q->delivering = NULL;
+        if (c->cancelled)
+            consumer_free(c);
+    }
+}
+
+void queue_dispatch_cancel(struct wr_broker *b)
+{
+    if (b->dispatch_deferred)
+        wr_loop_defer_cancel(b->lp, dispatch_all, b);
+    b->dispatch_deferred = false;
+    while (b->dispatch) {
+        struct wr_queue *q = b->dispatch;
+        b->dispatch = q->dispatch_next;
+        q->dispatch_pending = false;
+        wr_queue_unref(q);
+    }
+}
+
+static void dispatch_all(struct wr_loop *lp, void *data)
+{
+    (void)lp;
+    struct wr_broker *b = data;
+    b->dispatch_deferred = false;
+    while (b->dispatch) {
+        struct wr_queue *q = b->dispatch;
+        b->dispatch = q->dispatch_next;
+        q->dispatch_pending = false;
+        queue_dispatch(q);
+        wr_queue_unref(q);
+    }
+}
+
+void queue_schedule(struct wr_queue *q)
+{
+    struct wr_broker *b = q->vh->broker;
+    if (q->dispatch_pending || q->deleted)
+        return;
+    if (!b->dispatch_deferred) {
+        if (wr_loop_defer(b->lp, dispatch_all, b) != WR_OK) {
+            wr_log(WR_LOG_ERROR, "queue", "cannot schedule a dispatch (out of memory)");
+            return;
+        }
+        b->dispatch_deferred = true;
+    }
+    q->dispatch_pending = true;
+    q->dispatch_next = b->dispatch;
+    b->dispatch = wr_queue_ref(q); /* a deleted queue stays valid until its turn */
+}
+
+/* ---- consumers ---------------------------------------------------------------------- */
+
+int wr_queue_consume(struct wr_queue *q, const struct wr_consumer_ops *ops,
+                     const struct wr_consume_args *args, void *data, struct wr_consumer **out,
+                     struct wr_error *err)
+{
+    if (q->deleted)
+        return wr_error_set(err, WR_ENOTFOUND, "queue '%s' was deleted", q->name);
+    if (!HAS_OP(ops, struct wr_consumer_ops, deliver))
+        return wr_error_set(err, WR_EINVAL, "a consumer needs a deliver op");
+    if (q->n_consumers && (args->exclusive || q->consumers[0]->exclusive))
+        return wr_error_set(err, WR_EBUSY,
+                            "queue '%s' in vhost '%s' has an exclusive consumer or consumers "
+                            "already",
+                            q->name, q->vh->name);
+    if (q->n_consumers == q->cap_consumers) {
+        uint32_t cap = q->cap_consumers ? q->cap_consumers * 2 : 4;
+        struct wr_consumer **all = realloc(q->consumers, cap * sizeof *all);
+        if (!all)
+            return wr_error_set(err, WR_ENOMEM, "out of memory adding a consumer");
+        q->consumers = all;
+        q->cap_consumers = cap;
+    }
+    struct wr_consumer *c = calloc(1, sizeof *c);
+    if (!c)
+        return wr_error_set(err, WR_ENOMEM, "out of memory adding a consumer");
+    c->q = q;
+    c->ops = ops;
+    c->data = data;
+    c->prefetch = args->prefetch;
+    c->no_ack = args->no_ack;
+    c->exclusive = args->exclusive;
+    q->consumers[q->n_consumers++] = c;
+    q->had_consumer = true;
+    queue_schedule(q);
+    *out = c;
+    return WR_OK;
+}
+
+static int settle(struct wr_queue *q, uint64_t tag, bool ack, bool requeue,
+                  struct wr_error *err)
+{
+    if (q->deleted)
+        return wr_error_set(err, WR_ENOTFOUND, "queue '%s' was deleted", q->name);
+    int rc = ack || !requeue ? q->ops->ack(q->state, tag) : q->ops->requeue(q->state, tag);
+    if (rc != WR_OK)
+        return wr_error_set(err, WR_ENOTFOUND, "unknown delivery tag %llu on queue '%s'",
+                            (unsigned long long)tag, q->name);
+    if (q->n_consumers)
+        queue_schedule(q);
+    return WR_OK;
+}
+
+static int consumer_settle(struct wr_consumer *c, uint64_t tag, bool ack, bool requeue,
+                           struct wr_error *err)
+{
+    if (!tagset_del(&c->unacked, tag))
+        return wr_error_set(err, WR_ENOTFOUND, "unknown delivery tag %llu for this consumer",
+                            (unsigned long long)tag);
+    return settle(c->q, tag, ack, requeue, err);
+}
+
+int wr_consumer_ack(struct wr_consumer *c, uint64_t tag, struct wr_error *err)
+{
+    return consumer_settle(c, tag, true, false, err);
+}
+
+int wr_consumer_nack(struct wr_consumer *c, uint64_t tag, bool requeue, struct wr_error *err)
+{
+    return consumer_settle(c, tag, false, requeue, err);
+}
+
+void wr_consumer_cancel(struct wr_consumer *c, bool requeue_unacked)
+{
+    struct wr_queue *q = c->q;
+    for (uint32_t i = 0; i < q->n_consumers; i++) {
+        if (q->consumers[i] != c)
+            continue;
+        memmove(&q->consumers[i], &q->consumers[i + 1],
+                (q->n_consumers - i - 1) * sizeof *q->consumers);
+        q->n_consumers--;
+        if (q->rr > i)
+            q->rr--;
+        break;
+    }
+    if (requeue_unacked && !q->deleted) {
+        for (size_t i = 0; i < c->unacked.cap; i++)
+            if (c->unacked.slots[i])
+                q->ops->requeue(q->state, c->unacked.slots[i]);
+    }
+    if (q->delivering == c)
+        c->cancelled = true;
+    else
+        consumer_free(c);
+    if (q->deleted)
+        return;
+    if (q->auto_delete && q->had_consumer && !q->n_consumers)
+        queue_destroy(q);
+    else if (q->n_consumers)
+        queue_schedule(q);
+}
+
+void wr_consumer_set_prefetch(struct wr_consumer *c, uint32_t prefetch)
+{
+    c->prefetch = prefetch;
+    wr_consumer_kick(c);
+}
+
+void wr_consumer_kick(struct wr_consumer *c)
+{
+    if (!c->q->deleted)
+        queue_schedule(c->q);
+}
+
+uint32_t wr_consumer_unacked(const struct wr_consumer *c) { return (uint32_t)c->unacked.count; }
+struct wr_queue *wr_consumer_queue(const struct wr_consumer *c) { return c->q; }
+
+int wr_queue_get(struct wr_queue *q, bool no_ack, struct wr_delivery *d, struct wr_error *err)
+{
+    if (q->deleted)
+        return wr_error_set(err, WR_ENOTFOUND, "queue '%s' was deleted", q->name);
+    struct wr_stored st;
+    if (q->ops->next(q->state, &st) != WR_OK)
+        return WR_ENOTFOUND;
+    *d = (struct wr_delivery){q, wr_msg_ref(st.msg), st.tag, st.redelivered};
+    if (no_ack)
+        q->ops->ack(q->state, st.tag);
+    return WR_OK;
+}
+
+int wr_queue_ack(struct wr_queue *q, uint64_t tag, struct wr_error *err)
+{
+    return settle(q, tag, true, false, err);
+}
+
+int wr_queue_nack(struct wr_queue *q, uint64_t tag, bool requeue, struct wr_error *err)
+{
+    return settle(q, tag, false, requeue, err);
+}

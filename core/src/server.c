@@ -1,0 +1,279 @@
+/*
+ * server.c: a broker assembled from a validated config. It loads exactly the plugins the
+ * config names (plus the exchange types of the predeclared exchanges and the default storage,
+ * `memory`), checks every `options:` against its plugin's schema, declares the topology and
+ * starts the listeners. Anything refused on the way is reported at its place in the file.
+ */
+#include <limits.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "broker_int.h"
+#include "config.h"
+
+struct wr_server {
+    struct wr_loop *lp;
+    struct wr_broker *b;
+};
+
+/* Turns err (from the broker or a plugin) into "file:line:col: path: message". */
+static int at(const struct wr_config *cfg, const struct cfg_node *node, struct wr_error *err,
+              int rc)
+{
+    if (!err)
+        return rc;
+    char msg[WR_ERROR_MSG_MAX];
+    memcpy(msg, err->msg, sizeof msg);
+    cfg_error(cfg, node, err, "%s", msg);
+    err->code = rc;
+    return rc;
+}
+
+/* The plugin directories when the config names none: `plugins` beside the executable (the
+ * build tree's layout, build/warren and build/plugins), then the installed directory. */
+static void default_dirs(char exe_dir[PATH_MAX], const char *dirs[3])
+{
+    ssize_t n = readlink("/proc/self/exe", exe_dir, PATH_MAX - 16);
+    size_t i = 0;
+    if (n > 0) {
+        exe_dir[n] = '\0';
+        char *slash = strrchr(exe_dir, '/');
+        if (slash) {
+            strcpy(slash, "/plugins");
+            dirs[i++] = exe_dir;
+        }
+    }
+    dirs[i++] = WR_INSTALL_PLUGIN_DIR;
+    dirs[i] = NULL;
+}
+
+static int load(struct wr_server *srv, const struct wr_config *cfg, const struct cfg_node *node,
+                const char *name, const char *path, const char *const *dirs,
+                enum wr_plugin_kind kind, struct wr_error *err)
+{
+    struct wr_plugin_ctx *have = wr_broker_plugin(srv->b, name, 0);
+    if (have && !path) {
+        if (have->plugin->kind == kind || !kind)
+            return WR_OK;
+        return at(cfg, node, err,
+                  wr_error_set(err, WR_EINVAL, "plugin '%s' is %s %s, but %s %s is needed here",
+                               name, plugin_kind_article(have->plugin->kind),
+                               wr_plugin_kind_name(have->plugin->kind),
+                               plugin_kind_article(kind), wr_plugin_kind_name(kind)));
+    }
+    int rc = wr_broker_load_plugin(srv->b, name, path, dirs, kind, NULL, err);
+    return rc == WR_OK ? rc : at(cfg, node, err, rc);
+}
+
+static int load_plugins(struct wr_server *srv, const struct wr_config *cfg,
+                        const char *const *dirs, struct wr_error *err)
+{
+    int rc = WR_OK;
+    for (size_t i = 0; rc == WR_OK && i < cfg->n_plugins; i++)
+        rc = load(srv, cfg, cfg->plugins[i].node, cfg->plugins[i].name, cfg->plugins[i].path,
+                  dirs, 0, err);
+    static const char *const builtin_exchanges[] = {"direct", "fanout", "topic", "headers"};
+    for (size_t i = 0; rc == WR_OK && i < 4; i++)
+        rc = load(srv, cfg, &cfg->root, builtin_exchanges[i], NULL, dirs, WR_PLUGIN_EXCHANGE,
+                  err);
+    if (rc == WR_OK)
+        rc = load(srv, cfg, &cfg->root, "memory", NULL, dirs, WR_PLUGIN_STORAGE, err);
+    for (size_t v = 0; rc == WR_OK && v < cfg->n_vhosts; v++) {
+        const struct cfg_vhost *vh = &cfg->vhosts[v];
+        for (size_t i = 0; rc == WR_OK && i < vh->n_exchanges; i++)
+            rc = load(srv, cfg, vh->exchanges[i].node, vh->exchanges[i].type, NULL, dirs,
+                      WR_PLUGIN_EXCHANGE, err);
+        for (size_t i = 0; rc == WR_OK && i < vh->n_queues; i++)
+            rc = load(srv, cfg, vh->queues[i].node, vh->queues[i].storage, NULL, dirs,
+                      WR_PLUGIN_STORAGE, err);
+    }
+    for (size_t i = 0; rc == WR_OK && i < cfg->n_listeners; i++)
+        rc = load(srv, cfg, cfg->listeners[i].node, cfg->listeners[i].transport, NULL, dirs,
+                  WR_PLUGIN_TRANSPORT, err);
+    return rc;
+}
+
+static const struct wr_option *schema_of(struct wr_server *srv, const char *name)
+{
+    return wr_broker_plugin(srv->b, name, 0)->plugin->options;
+}
+
+static int declare_vhost(struct wr_server *srv, const struct wr_config *cfg,
+                         const struct cfg_vhost *cv, struct wr_error *err)
+{
+    struct wr_vhost *vh;
+    int rc = wr_vhost_add(srv->b, cv->name, &vh, err);
+    if (rc != WR_OK)
+        return at(cfg, cv->node, err, rc);
+    for (size_t i = 0; i < cv->n_exchanges; i++) {
+        const struct cfg_exchange *ce = &cv->exchanges[i];
+        struct wr_table *opts;
+        rc = cfg_options_table(cfg, ce->options, ce->type, schema_of(srv, ce->type), &opts, err);
+        if (rc != WR_OK)
+            return rc;
+        struct wr_exchange_decl decl = {ce->name, ce->type, ce->durable, ce->auto_delete,
+                                        ce->internal, opts};
+        rc = wr_exchange_declare(vh, &decl, NULL, err);
+        wr_table_free(opts);
+        if (rc != WR_OK)
+            return at(cfg, ce->node, err, rc);
+    }
+    for (size_t i = 0; i < cv->n_queues; i++) {
+        const struct cfg_queue *cq = &cv->queues[i];
+        struct wr_table *opts;
+        rc = cfg_options_table(cfg, cq->options, cq->storage, schema_of(srv, cq->storage),
+                               &opts, err);
+        if (rc != WR_OK)
+            return rc;
+        struct wr_queue_decl decl;
+        wr_queue_decl_init(&decl, cq->name);
+        decl.storage = cq->storage;
+        decl.durable = cq->durable;
+        decl.exclusive = cq->exclusive;
+        decl.auto_delete = cq->auto_delete;
+        decl.max_length = cq->max_length;
+        decl.max_length_bytes = cq->max_length_bytes;
+        decl.overflow = cq->overflow;
+        decl.partitions = cq->partitions;
+        decl.options = opts;
+        rc = wr_queue_declare(vh, &decl, NULL, err);
+        wr_table_free(opts);
+        if (rc != WR_OK)
+            return at(cfg, cq->node, err, rc);
+    }
+    for (size_t i = 0; i < cv->n_bindings; i++) {
+        const struct cfg_binding *cb = &cv->bindings[i];
+        struct wr_table *args;
+        rc = cfg_args_table(cfg, cb->arguments, &args, err);
+        if (rc != WR_OK)
+            return rc;
+        struct wr_exchange *src = wr_exchange_find(vh, cb->exchange);
+        if (cb->queue)
+            rc = wr_bind_queue(src, wr_queue_find(vh, cb->queue), cb->key, args, err);
+        else
+            rc = wr_bind_exchange(src, wr_exchange_find(vh, cb->to_exchange), cb->key, args,
+                                  err);
+        wr_table_free(args);
+        if (rc != WR_OK)
+            return at(cfg, cb->node, err, rc);
+    }
+    return WR_OK;
+}
+
+static int start_listeners(struct wr_server *srv, const struct wr_config *cfg,
+                           struct wr_error *err)
+{
+    for (size_t i = 0; i < cfg->n_listeners; i++) {
+        const struct cfg_listener *cl = &cfg->listeners[i];
+        struct wr_table *opts;
+        int rc = cfg_options_table(cfg, cl->options, cl->transport,
+                                   schema_of(srv, cl->transport), &opts, err);
+        if (rc != WR_OK)
+            return rc;
+        struct wr_listener_args args = {cl->host, cl->port, opts};
+        rc = wr_broker_listen(srv->b, cl->transport, &args, err);
+        wr_table_free(opts);
+        if (rc != WR_OK)
+            return at(cfg, cl->node, err, rc);
+    }
+    return WR_OK;
+}
+
+int wr_server_new(const struct wr_config *cfg, const struct wr_server_opts *opts,
+                  struct wr_server **out, struct wr_error *err)
+{
+    static const struct wr_server_opts no_opts = {0};
+    if (!opts)
+        opts = &no_opts;
+    wr_log_set_level(cfg->log_level);
+    struct wr_server *srv = calloc(1, sizeof *srv);
+    if (!srv)
+        return wr_error_set(err, WR_ENOMEM, "out of memory creating the server");
+    int rc = wr_loop_new(&srv->lp, err);
+    if (rc == WR_OK)
+        rc = wr_broker_new(srv->lp, cfg->data_dir, &srv->b, err);
+    if (rc != WR_OK) {
+        wr_server_free(srv);
+        return rc;
+    }
+    wr_broker_set_max_message_size(srv->b, cfg->max_message_size);
+
+    char exe_dir[PATH_MAX];
+    const char *fallback[3];
+    const char *const *dirs = (const char *const *)cfg->plugin_dirs;
+    if (!dirs)
+        dirs = opts->default_plugin_dirs;
+    if (!dirs) {
+        default_dirs(exe_dir, fallback);
+        dirs = fallback;
+    }
+
+    rc = load_plugins(srv, cfg, dirs, err);
+    for (size_t i = 0; rc == WR_OK && i < cfg->n_vhosts; i++)
+        rc = declare_vhost(srv, cfg, &cfg->vhosts[i], err);
+    for (size_t i = 0; rc == WR_OK && i < cfg->n_users; i++) {
+        const struct cfg_user *u = &cfg->users[i];
+        rc = wr_broker_user_add(srv->b, u->name, u->password,
+                                (const char *const *)u->vhosts, err);
+        if (rc != WR_OK)
+            rc = at(cfg, u->node, err, rc);
+    }
+    if (rc == WR_OK && !opts->no_listeners)
+        rc = start_listeners(srv, cfg, err);
+    if (rc != WR_OK) {
+        wr_server_free(srv);
+        return rc;
+    }
+    *out = srv;
+    return WR_OK;
+}
+
+static void on_stop_signal(struct wr_loop *lp, int signo, void *data)
+{
+    (void)data;
+    wr_log(WR_LOG_INFO, "server", "%s: shutting down", strsignal(signo));
+    wr_loop_stop(lp);
+}
+
+static void on_hup(struct wr_loop *lp, int signo, void *data)
+{
+    (void)lp, (void)signo, (void)data;
+    wr_log(WR_LOG_INFO, "server", "SIGHUP: reload requested");
+}
+
+int wr_server_run(struct wr_server *srv, struct wr_error *err)
+{
+    int rc = wr_loop_signal_add(srv->lp, SIGTERM, on_stop_signal, srv, err);
+    if (rc == WR_OK)
+        rc = wr_loop_signal_add(srv->lp, SIGINT, on_stop_signal, srv, err);
+    if (rc == WR_OK)
+        rc = wr_loop_signal_add(srv->lp, SIGHUP, on_hup, srv, err);
+    if (rc == WR_OK) {
+        wr_log(WR_LOG_INFO, "server", "warren %s running (pid %d)", WR_VERSION_STRING,
+               (int)getpid());
+        rc = wr_loop_run(srv->lp, err);
+    }
+    wr_loop_signal_del(srv->lp, SIGTERM, on_stop_signal, srv);
+    wr_loop_signal_del(srv->lp, SIGINT, on_stop_signal, srv);
+    wr_loop_signal_del(srv->lp, SIGHUP, on_hup, srv);
+    return rc;
+}
+
+void wr_server_stop(struct wr_server *srv)
+{
+    wr_loop_stop(srv->lp);
+}
+
+void wr_server_free(struct wr_server *srv)
+{
+    if (!srv)
+        return;
+    wr_broker_free(srv->b);
+    wr_loop_free(srv->lp);
+    free(srv);
+}
+
+struct wr_broker *wr_server_broker(const struct wr_server *srv) { return srv->b; }
+struct wr_loop *wr_server_loop(const struct wr_server *srv) { return srv->lp; }

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One command for the whole test suite: installs what is missing, builds and runs every test
+# (unit tests, the loader's test plugins, the `warren` binary, the out-of-tree plugin), then
+# builds again with AddressSanitizer + UndefinedBehaviorSanitizer and runs everything again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/deps.sh
+jobs=$(nproc)
+
+echo "== build and test (RelWithDebInfo)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$jobs"
+ctest --test-dir build -j"$jobs" --output-on-failure
+
+echo "== build and test under ASan + UBSan"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DWARREN_SANITIZE=ON -DWARREN_BENCH=OFF >/dev/null
+cmake --build build-asan -j"$jobs"
+# WARREN_NO_DLCLOSE keeps plugins mapped so a leak report can name their functions.
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  WARREN_NO_DLCLOSE=1 ctest --test-dir build-asan -j"$jobs" --output-on-failure

@@ -1,0 +1,566 @@
+/*
+ * storage_memory_test.c: the `memory` storage backend, loaded through the real plugin
+ * loader and driven through its ops table as the broker drives it: FIFO delivery, ack,
+ * requeue at the original place with the redelivered flag, purge, counts, and the
+ * max-length limits under drop-head and reject-publish (RabbitMQ's semantics).
+ */
+#include <criterion/criterion.h>
+
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <warren/wr.h>
+
+static struct wr_loop *lp;
+static struct wr_broker *b;
+static const struct wr_storage_ops *ops;
+static struct wr_plugin_ctx *ctx;
+static struct wr_table *no_options;
+static char data_dir[] = "/tmp/warren-memtest-XXXXXX";
+
+static void setup(void)
+{
+    struct wr_error err = {0};
+    cr_assert_not_null(mkdtemp(data_dir));
+    cr_assert_eq(wr_loop_new(&lp, &err), WR_OK, "%s", err.msg);
+    cr_assert_eq(wr_broker_new(lp, data_dir, &b, &err), WR_OK, "%s", err.msg);
+    const char *const dirs[] = {WR_TEST_PLUGIN_DIR, NULL};
+    cr_assert_eq(wr_broker_load_plugin(b, "memory", NULL, dirs, WR_PLUGIN_STORAGE, &ctx, &err),
+                 WR_OK, "%s", err.msg);
+    const struct wr_plugin *p = wr_plugin_ctx_plugin(ctx);
+    cr_assert_str_eq(p->name, "memory");
+    cr_assert_eq(p->kind, WR_PLUGIN_STORAGE);
+    ops = p->ops;
+    cr_assert_geq(ops->size, sizeof(struct wr_storage_ops));
+    cr_assert_eq(ops->model, WR_STORAGE_QUEUE);
+    cr_assert_null(ops->sync, "memory is durable on return: no sync op");
+    no_options = wr_table_new();
+    cr_assert_not_null(no_options);
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void teardown(void)
+{
+    wr_broker_free(b);
+    wr_loop_free(lp);
+    wr_table_free(no_options);
+    nftw(data_dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+TestSuite(storage_memory, .init = setup, .fini = teardown, .timeout = 60);
+
+/* ---- helpers --------------------------------------------------------------------------- */
+
+/* What the dropped callback received, in order; it owns the references. */
+#define MAX_DROPPED 16
+static struct wr_msg *dropped[MAX_DROPPED];
+static int n_dropped;
+
+static void on_dropped(void *owner, struct wr_msg *msg)
+{
+    cr_assert_eq(owner, (void *)&n_dropped, "dropped got another owner");
+    cr_assert_lt(n_dropped, MAX_DROPPED);
+    dropped[n_dropped++] = msg;
+}
+
+static void release_dropped(void)
+{
+    for (int i = 0; i < n_dropped; i++)
+        wr_msg_unref(dropped[i]);
+    n_dropped = 0;
+}
+
+static void *open_limited(int64_t max_length, int64_t max_bytes, enum wr_overflow overflow,
+                          bool with_callback)
+{
+    struct wr_storage_args args = {
+        .vhost = "/",
+        .queue = "q",
+        .dir = data_dir,
+        .max_length = max_length,
+        .max_length_bytes = max_bytes,
+        .overflow = overflow,
+        .partitions = 1,
+        .options = no_options,
+        .dropped = with_callback ? on_dropped : NULL,
+        .owner = &n_dropped,
+    };
+    void *state = NULL;
+    struct wr_error err = {0};
+    cr_assert_eq(ops->open(ctx, &args, &state, &err), WR_OK, "%s", err.msg);
+    cr_assert_not_null(state);
+    return state;
+}
+
+static void *open_plain(void)
+{
+    return open_limited(-1, -1, WR_OVERFLOW_DROP_HEAD, true);
+}
+
+static struct wr_msg *make_msg(const char *body)
+{
+    struct wr_msg_init init = {
+        .routing_key = wr_str_c("rk"),
+        .body_ptr = body,
+        .body_len = strlen(body),
+    };
+    struct wr_msg *msg = NULL;
+    struct wr_error err = {0};
+    cr_assert_eq(wr_msg_new(&init, &msg, &err), WR_OK, "%s", err.msg);
+    return msg;
+}
+
+/* Enqueues a new message and drops the test's own reference: the storage keeps one. */
+static int put(void *q, const char *body)
+{
+    struct wr_msg *msg = make_msg(body);
+    int rc = ops->enqueue(q, msg, NULL);
+    wr_msg_unref(msg);
+    return rc;
+}
+
+static bool body_is(const struct wr_msg *msg, const char *want)
+{
+    size_t len;
+    const uint8_t *p = wr_msg_body(msg, &len);
+    return len == strlen(want) && memcmp(p, want, len) == 0;
+}
+
+static char *body_str(const struct wr_msg *msg)
+{
+    size_t len;
+    const uint8_t *p = wr_msg_body(msg, &len);
+    char *s = malloc(len + 1);
+    memcpy(s, p, len);
+    s[len] = 0;
+    return s;
+}
+
+/* Takes the next delivery and checks its body and redelivered flag; returns its tag. */
+static uint64_t take(void *q, const char *want, bool redelivered)
+{
+    struct wr_stored d = {0};
+    cr_assert_eq(ops->next(q, &d), WR_OK, "expected '%s', the queue is empty", want);
+    char *got = body_str(d.msg);
+    cr_assert(body_is(d.msg, want), "expected '%s', got '%s'", want, got);
+    free(got);
+    cr_assert_eq(d.redelivered, redelivered, "'%s': redelivered is %d", want, d.redelivered);
+    cr_assert_neq(d.tag, 0);
+    return d.tag;
+}
+
+static void assert_empty(void *q)
+{
+    struct wr_stored d = {0};
+    cr_assert_eq(ops->next(q, &d), WR_ENOTFOUND);
+}
+
+/* ---- delivery, ack, requeue ------------------------------------------------------------ */
+
+Test(storage_memory, fifo_order)
+{
+    void *q = open_plain();
+    assert_empty(q);
+    const char *bodies[] = {"a", "b", "c", "d", "e"};
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(put(q, bodies[i]), WR_OK);
+    cr_assert_eq(ops->depth(q), 5);
+    uint64_t tags[5];
+    for (int i = 0; i < 5; i++)
+        tags[i] = take(q, bodies[i], false);
+    for (int i = 0; i < 5; i++)
+        for (int j = i + 1; j < 5; j++)
+            cr_assert_neq(tags[i], tags[j], "tags must be unique");
+    assert_empty(q);
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(ops->ack(q, tags[i]), WR_OK);
+    ops->close(q);
+}
+
+Test(storage_memory, ack_removes_and_counts_follow)
+{
+    void *q = open_plain();
+    put(q, "one");
+    put(q, "two");
+    cr_assert_eq(ops->depth(q), 2);
+    cr_assert_eq(ops->unacked(q), 0);
+    uint64_t t1 = take(q, "one", false);
+    cr_assert_eq(ops->depth(q), 1);
+    cr_assert_eq(ops->unacked(q), 1);
+    cr_assert_eq(ops->ack(q, t1), WR_OK);
+    cr_assert_eq(ops->unacked(q), 0);
+    cr_assert_eq(ops->ack(q, t1), WR_ENOTFOUND, "a tag is acked once");
+    cr_assert_eq(ops->requeue(q, t1), WR_ENOTFOUND, "an acked message cannot come back");
+    uint64_t t2 = take(q, "two", false);
+    cr_assert_eq(ops->ack(q, t2), WR_OK);
+    cr_assert_eq(ops->depth(q), 0);
+    cr_assert_eq(ops->unacked(q), 0);
+    assert_empty(q);
+    ops->close(q);
+}
+
+Test(storage_memory, unknown_tags)
+{
+    void *q = open_plain();
+    cr_assert_eq(ops->ack(q, 0), WR_ENOTFOUND);
+    cr_assert_eq(ops->ack(q, 42), WR_ENOTFOUND);
+    cr_assert_eq(ops->requeue(q, 42), WR_ENOTFOUND);
+    put(q, "x");
+    cr_assert_eq(ops->ack(q, 1), WR_ENOTFOUND, "ready, not delivered: nothing to ack");
+    uint64_t t = take(q, "x", false);
+    cr_assert_eq(ops->ack(q, t + 1), WR_ENOTFOUND);
+    cr_assert_eq(ops->unacked(q), 1);
+    ops->close(q); /* releases the unacked one too */
+}
+
+Test(storage_memory, requeue_out_of_order_lands_at_original_places)
+{
+    void *q = open_plain();
+    const char *bodies[] = {"1", "2", "3", "4", "5"};
+    uint64_t tags[5];
+    for (int i = 0; i < 5; i++)
+        put(q, bodies[i]);
+    for (int i = 0; i < 5; i++)
+        tags[i] = take(q, bodies[i], false);
+    cr_assert_eq(ops->depth(q), 0);
+
+    cr_assert_eq(ops->requeue(q, tags[3]), WR_OK); /* 4 */
+    cr_assert_eq(ops->requeue(q, tags[1]), WR_OK); /* 2 */
+    cr_assert_eq(ops->depth(q), 2);
+    cr_assert_eq(ops->unacked(q), 3);
+    uint64_t a = take(q, "2", true);
+    uint64_t c = take(q, "4", true);
+
+    /* Now with ready messages around: requeue 5, 1, 3 (and 2, 4 again) into [] and check
+     * the whole order. */
+    cr_assert_eq(ops->requeue(q, tags[4]), WR_OK);
+    cr_assert_eq(ops->requeue(q, tags[0]), WR_OK);
+    cr_assert_eq(ops->requeue(q, c), WR_OK);
+    cr_assert_eq(ops->requeue(q, tags[2]), WR_OK);
+    cr_assert_eq(ops->requeue(q, a), WR_OK);
+    cr_assert_eq(ops->depth(q), 5);
+    cr_assert_eq(ops->unacked(q), 0);
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(ops->ack(q, take(q, bodies[i], true)), WR_OK);
+    assert_empty(q);
+    ops->close(q);
+}
+
+Test(storage_memory, requeue_goes_ahead_of_later_messages)
+{
+    void *q = open_plain();
+    put(q, "a");
+    put(q, "b");
+    put(q, "c");
+    uint64_t ta = take(q, "a", false);
+    uint64_t tb = take(q, "b", false);
+    put(q, "d");
+    put(q, "e");
+    /* Ready: c d e. b goes before c, a before b; d and e were enqueued after both. */
+    cr_assert_eq(ops->requeue(q, tb), WR_OK);
+    cr_assert_eq(ops->requeue(q, ta), WR_OK);
+    take(q, "a", true);
+    take(q, "b", true);
+    uint64_t tc = take(q, "c", false);
+    /* Nothing older is ready now: c goes back to the front, ahead of d and e. */
+    cr_assert_eq(ops->requeue(q, tc), WR_OK);
+    take(q, "c", true);
+    uint64_t td = take(q, "d", false);
+    put(q, "f");
+    cr_assert_eq(ops->requeue(q, td), WR_OK);
+    take(q, "d", true);
+    take(q, "e", false);
+    take(q, "f", false);
+    assert_empty(q);
+    ops->close(q);
+}
+
+Test(storage_memory, requeue_into_the_middle)
+{
+    /* Deliver 1..6, requeue 2 4 6, deliver them, then requeue 3 and 5 with 2 4 6 ready:
+     * each must land between its neighbours. */
+    void *q = open_plain();
+    char body[8];
+    uint64_t tags[7];
+    for (int i = 1; i <= 6; i++) {
+        snprintf(body, sizeof body, "%d", i);
+        put(q, body);
+    }
+    for (int i = 1; i <= 6; i++) {
+        snprintf(body, sizeof body, "%d", i);
+        tags[i] = take(q, body, false);
+    }
+    cr_assert_eq(ops->requeue(q, tags[6]), WR_OK);
+    cr_assert_eq(ops->requeue(q, tags[2]), WR_OK);
+    cr_assert_eq(ops->requeue(q, tags[4]), WR_OK);
+    cr_assert_eq(ops->requeue(q, tags[5]), WR_OK);
+    cr_assert_eq(ops->requeue(q, tags[3]), WR_OK);
+    for (int i = 2; i <= 6; i++) {
+        snprintf(body, sizeof body, "%d", i);
+        cr_assert_eq(ops->ack(q, take(q, body, true)), WR_OK);
+    }
+    cr_assert_eq(ops->unacked(q), 1);
+    cr_assert_eq(ops->ack(q, tags[1]), WR_OK);
+    ops->close(q);
+}
+
+Test(storage_memory, purge_leaves_unacked)
+{
+    void *q = open_plain();
+    for (int i = 0; i < 5; i++)
+        put(q, "m");
+    uint64_t t1 = take(q, "m", false);
+    uint64_t t2 = take(q, "m", false);
+    cr_assert_eq(ops->purge(q), 3);
+    cr_assert_eq(ops->depth(q), 0);
+    cr_assert_eq(ops->unacked(q), 2);
+    cr_assert_eq(n_dropped, 0, "purge is not a max-length drop");
+    assert_empty(q);
+    cr_assert_eq(ops->requeue(q, t1), WR_OK);
+    cr_assert_eq(ops->depth(q), 1);
+    cr_assert_eq(ops->ack(q, t2), WR_OK);
+    cr_assert_eq(ops->purge(q), 1);
+    cr_assert_eq(ops->purge(q), 0);
+    ops->close(q);
+}
+
+Test(storage_memory, enqueue_takes_its_own_reference)
+{
+    void *q = open_plain();
+    struct wr_msg *msg = make_msg("kept");
+    cr_assert_eq(ops->enqueue(q, msg, NULL), WR_OK);
+    cr_assert_eq(msg->refs, 2);
+    uint64_t t = take(q, "kept", false);
+    cr_assert_eq(ops->ack(q, t), WR_OK);
+    cr_assert_eq(msg->refs, 1, "ack releases the storage's reference");
+    cr_assert(body_is(msg, "kept"));
+    wr_msg_unref(msg);
+    ops->close(q);
+}
+
+/* ---- limits ---------------------------------------------------------------------------- */
+
+Test(storage_memory, max_length_drop_head_passes_the_oldest_to_the_callback)
+{
+    void *q = open_limited(3, -1, WR_OVERFLOW_DROP_HEAD, true);
+    put(q, "1");
+    put(q, "2");
+    put(q, "3");
+    cr_assert_eq(n_dropped, 0);
+    cr_assert_eq(put(q, "4"), WR_OK);
+    cr_assert_eq(n_dropped, 1);
+    cr_assert(body_is(dropped[0], "1"));
+    cr_assert_eq(put(q, "5"), WR_OK);
+    cr_assert_eq(n_dropped, 2);
+    cr_assert(body_is(dropped[1], "2"));
+    cr_assert_eq(ops->depth(q), 3);
+
+    /* Unacked messages do not count: deliver two, then two more fit. */
+    uint64_t t3 = take(q, "3", false);
+    uint64_t t4 = take(q, "4", false);
+    put(q, "6");
+    put(q, "7");
+    cr_assert_eq(n_dropped, 2);
+    cr_assert_eq(ops->depth(q), 3);
+
+    /* A requeue makes a message ready again; over the limit, the head goes (RabbitMQ). */
+    cr_assert_eq(ops->requeue(q, t4), WR_OK);
+    cr_assert_eq(n_dropped, 3);
+    cr_assert(body_is(dropped[2], "4"), "the requeued 4 is now the oldest ready");
+    cr_assert_eq(ops->depth(q), 3);
+    take(q, "5", false);
+    take(q, "6", false);
+    take(q, "7", false);
+    cr_assert_eq(ops->ack(q, t3), WR_OK);
+    release_dropped();
+    ops->close(q);
+}
+
+Test(storage_memory, drop_head_without_callback_frees)
+{
+    void *q = open_limited(1, -1, WR_OVERFLOW_DROP_HEAD, false);
+    struct wr_msg *first = make_msg("first");
+    cr_assert_eq(ops->enqueue(q, first, NULL), WR_OK);
+    cr_assert_eq(put(q, "second"), WR_OK);
+    cr_assert_eq(first->refs, 1, "the storage released its reference to the dropped one");
+    cr_assert_eq(n_dropped, 0);
+    take(q, "second", false);
+    wr_msg_unref(first);
+    ops->close(q);
+}
+
+Test(storage_memory, max_length_bytes_drop_head)
+{
+    void *q = open_limited(-1, 10, WR_OVERFLOW_DROP_HEAD, true);
+    put(q, "aaaa");   /* 4 */
+    put(q, "bbbb");   /* 8 */
+    put(q, "cc");     /* 10: at the limit, kept */
+    cr_assert_eq(n_dropped, 0);
+    put(q, "d");      /* 11: drop aaaa -> 7 */
+    cr_assert_eq(n_dropped, 1);
+    cr_assert(body_is(dropped[0], "aaaa"));
+    put(q, "eeeeeeee"); /* 15: drop bbbb (11), cc (9) */
+    cr_assert_eq(n_dropped, 3);
+    cr_assert(body_is(dropped[1], "bbbb"));
+    cr_assert(body_is(dropped[2], "cc"));
+    cr_assert_eq(ops->depth(q), 2);
+
+    /* Unacked bytes do not count. */
+    uint64_t t = take(q, "d", false);
+    put(q, "ff"); /* ready: eeeeeeee ff = 10 */
+    cr_assert_eq(n_dropped, 3);
+
+    /* Bigger than the limit on its own: everything older goes, then the message itself,
+     * as RabbitMQ does (publish, then drop from the head while over). */
+    put(q, "0123456789X");
+    cr_assert_eq(n_dropped, 6);
+    cr_assert(body_is(dropped[3], "eeeeeeee"));
+    cr_assert(body_is(dropped[4], "ff"));
+    cr_assert(body_is(dropped[5], "0123456789X"));
+    cr_assert_eq(ops->depth(q), 0);
+    cr_assert_eq(ops->unacked(q), 1);
+    cr_assert_eq(ops->ack(q, t), WR_OK);
+    release_dropped();
+    ops->close(q);
+}
+
+Test(storage_memory, reject_publish)
+{
+    void *q = open_limited(2, -1, WR_OVERFLOW_REJECT_PUBLISH, true);
+    cr_assert_eq(put(q, "1"), WR_OK);
+    cr_assert_eq(put(q, "2"), WR_OK);
+    struct wr_msg *msg = make_msg("3");
+    struct wr_error err = {0};
+    cr_assert_eq(ops->enqueue(q, msg, &err), WR_ELIMIT);
+    cr_assert_eq(err.code, WR_ELIMIT);
+    cr_assert_neq(strlen(err.msg), 0);
+    cr_assert_eq(msg->refs, 1, "a refused message is not kept");
+    cr_assert_eq(ops->depth(q), 2);
+    cr_assert_eq(n_dropped, 0);
+
+    /* Unacked do not count: deliver one and the next fits. */
+    uint64_t t = take(q, "1", false);
+    cr_assert_eq(ops->enqueue(q, msg, NULL), WR_OK);
+    /* A requeue is never refused, even past the limit. */
+    cr_assert_eq(ops->requeue(q, t), WR_OK);
+    cr_assert_eq(ops->depth(q), 3);
+    cr_assert_eq(n_dropped, 0);
+    take(q, "1", true);
+    take(q, "2", false);
+    take(q, "3", false);
+    wr_msg_unref(msg);
+    ops->close(q);
+}
+
+Test(storage_memory, reject_publish_bytes)
+{
+    void *q = open_limited(-1, 5, WR_OVERFLOW_REJECT_PUBLISH, true);
+    cr_assert_eq(put(q, "abc"), WR_OK);
+    cr_assert_eq(put(q, "def"), WR_ELIMIT);
+    cr_assert_eq(put(q, "de"), WR_OK);
+    cr_assert_eq(put(q, ""), WR_OK, "an empty body adds no bytes");
+    cr_assert_eq(put(q, "x"), WR_ELIMIT);
+    cr_assert_eq(ops->depth(q), 3);
+    ops->close(q);
+}
+
+Test(storage_memory, max_length_zero)
+{
+    /* Drop-head keeps nothing: the new message itself is dropped, through the callback. */
+    void *q = open_limited(0, -1, WR_OVERFLOW_DROP_HEAD, true);
+    cr_assert_eq(put(q, "gone"), WR_OK);
+    cr_assert_eq(n_dropped, 1);
+    cr_assert(body_is(dropped[0], "gone"));
+    cr_assert_eq(ops->depth(q), 0);
+    assert_empty(q);
+    release_dropped();
+    ops->close(q);
+
+    /* Reject-publish refuses everything. */
+    q = open_limited(0, -1, WR_OVERFLOW_REJECT_PUBLISH, true);
+    cr_assert_eq(put(q, "no"), WR_ELIMIT);
+    cr_assert_eq(ops->depth(q), 0);
+    cr_assert_eq(n_dropped, 0);
+    ops->close(q);
+}
+
+Test(storage_memory, open_refuses_bad_limits)
+{
+    struct wr_storage_args args = {
+        .vhost = "/", .queue = "q", .dir = data_dir, .max_length = -5,
+        .max_length_bytes = -1, .partitions = 1, .options = no_options,
+    };
+    void *state = NULL;
+    struct wr_error err = {0};
+    cr_assert_eq(ops->open(ctx, &args, &state, &err), WR_EINVAL);
+    cr_assert_neq(strlen(err.msg), 0);
+}
+
+Test(storage_memory, close_releases_ready_and_unacked)
+{
+    void *q = open_plain();
+    struct wr_msg *ready = make_msg("ready");
+    struct wr_msg *out = make_msg("out");
+    cr_assert_eq(ops->enqueue(q, out, NULL), WR_OK);
+    cr_assert_eq(ops->enqueue(q, ready, NULL), WR_OK);
+    take(q, "out", false);
+    ops->close(q);
+    cr_assert_eq(ready->refs, 1);
+    cr_assert_eq(out->refs, 1);
+    wr_msg_unref(ready);
+    wr_msg_unref(out);
+}
+
+/* ---- a bounded load -------------------------------------------------------------------- */
+
+#define LOAD 100000
+
+Test(storage_memory, hundred_thousand_messages)
+{
+    void *q = open_plain();
+    size_t live_before = wr_msg_bytes_live();
+    /* Enqueue all, deliver all, requeue every 10th (in reverse), then drain and ack. */
+    for (int i = 0; i < LOAD; i++)
+        cr_assert_eq(put(q, "payload"), WR_OK);
+    cr_assert_eq(ops->depth(q), LOAD);
+    uint64_t *tags = malloc(LOAD * sizeof(*tags));
+    cr_assert_not_null(tags);
+    for (int i = 0; i < LOAD; i++) {
+        struct wr_stored d;
+        cr_assert_eq(ops->next(q, &d), WR_OK);
+        tags[i] = d.tag;
+    }
+    cr_assert_eq(ops->unacked(q), LOAD);
+    for (int i = LOAD - 10; i >= 0; i -= 10)
+        cr_assert_eq(ops->requeue(q, tags[i]), WR_OK);
+    cr_assert_eq(ops->depth(q), LOAD / 10);
+    for (int i = 0; i < LOAD; i++)
+        if (i % 10 != 0)
+            cr_assert_eq(ops->ack(q, tags[i]), WR_OK);
+    uint64_t prev = 0;
+    for (int i = 0; i < LOAD / 10; i++) {
+        struct wr_stored d;
+        cr_assert_eq(ops->next(q, &d), WR_OK);
+        cr_assert(d.redelivered);
+        cr_assert_gt(d.tag, prev, "requeued messages come back in their original order");
+        prev = d.tag;
+        cr_assert_eq(ops->ack(q, d.tag), WR_OK);
+    }
+    cr_assert_eq(ops->depth(q), 0);
+    cr_assert_eq(ops->unacked(q), 0);
+    assert_empty(q);
+    free(tags);
+    /* Every message is gone; the ones the test made were released with their last ack. */
+    cr_assert_leq(wr_msg_bytes_live(), live_before);
+    ops->close(q);
+}
