@@ -233,10 +233,8 @@ static int next_event(struct parse *p, yaml_event_t *ev)
     return WR_OK;
 }
 
-#define YAML_TAG_PREFIX "tag:yaml.org,2002:"
-#define YAML_STR_TAG YAML_TAG_PREFIX "str"
-#define YAML_MAP_TAG YAML_TAG_PREFIX "map"
-#define YAML_SEQ_TAG YAML_TAG_PREFIX "seq"
+/* libyaml expands "!!str" to YAML_STR_TAG, this prefix and "str". */
+#define CFG_TAG_PREFIX "tag:yaml.org,2002:"
 
 /* Anchors and tags are refused where they appear: an alias would make the tree a graph and
  * a tag a type system of its own; `!!str` is the one tag that helps (it quotes). */
@@ -250,10 +248,10 @@ static int check_props(struct parse *p, yaml_mark_t at, const char *path,
     if (tag && strcmp((const char *)tag, allowed)) {
         /* Shown as written: libyaml has expanded "!!int" to "tag:yaml.org,2002:int". */
         const char *t = (const char *)tag;
-        bool core = !strncmp(t, YAML_TAG_PREFIX, strlen(YAML_TAG_PREFIX));
+        bool core = !strncmp(t, CFG_TAG_PREFIX, strlen(CFG_TAG_PREFIX));
         return error_at(p->cfg, mark_of(at), path, p->err,
                         "YAML tag '%s%s' is not supported (quote a value to make it a string)",
-                        core ? "!!" : "", core ? t + strlen(YAML_TAG_PREFIX) : t);
+                        core ? "!!" : "", core ? t + strlen(CFG_TAG_PREFIX) : t);
     }
     return WR_OK;
 }

@@ -32,18 +32,22 @@ static int at(const struct wr_config *cfg, const struct cfg_node *node, struct w
 }
 
 /* The plugin directories when the config names none: `plugins` beside the executable (the
- * build tree's layout, build/warren and build/plugins), then the installed directory. */
-static void default_dirs(char exe_dir[PATH_MAX], const char *dirs[3])
+ * build tree: build/warren and build/plugins), the installed layout relative to the
+ * executable (bin/warren and LIBDIR/warren/plugins, wherever the prefix was moved), then the
+ * directory configured at build time. */
+static void default_dirs(char exe[PATH_MAX], char installed[PATH_MAX], const char *dirs[4])
 {
-    ssize_t n = readlink("/proc/self/exe", exe_dir, PATH_MAX - 16);
     size_t i = 0;
-    if (n > 0) {
-        exe_dir[n] = '\0';
-        char *slash = strrchr(exe_dir, '/');
-        if (slash) {
-            strcpy(slash, "/plugins");
-            dirs[i++] = exe_dir;
-        }
+    ssize_t n = readlink("/proc/self/exe", exe, PATH_MAX - 64);
+    char *slash = n > 0 ? (exe[n] = '\0', strrchr(exe, '/')) : NULL;
+    if (slash) {
+        *slash = '\0';
+        bool fits = snprintf(installed, PATH_MAX, "%s/../%s/warren/plugins", exe,
+                             WR_INSTALL_LIBDIR) < PATH_MAX;
+        strcat(exe, "/plugins");
+        dirs[i++] = exe;
+        if (fits)
+            dirs[i++] = installed;
     }
     dirs[i++] = WR_INSTALL_PLUGIN_DIR;
     dirs[i] = NULL;
@@ -200,13 +204,13 @@ int wr_server_new(const struct wr_config *cfg, const struct wr_server_opts *opts
     }
     wr_broker_set_max_message_size(srv->b, cfg->max_message_size);
 
-    char exe_dir[PATH_MAX];
-    const char *fallback[3];
+    char exe_dir[PATH_MAX], installed_dir[PATH_MAX];
+    const char *fallback[4];
     const char *const *dirs = (const char *const *)cfg->plugin_dirs;
     if (!dirs)
         dirs = opts->default_plugin_dirs;
     if (!dirs) {
-        default_dirs(exe_dir, fallback);
+        default_dirs(exe_dir, installed_dir, fallback);
         dirs = fallback;
     }
 

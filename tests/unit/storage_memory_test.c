@@ -521,6 +521,66 @@ Test(storage_memory, close_releases_ready_and_unacked)
     wr_msg_unref(out);
 }
 
+/* Random puts, deliveries, acks and requeues against a model (a sorted list of ready ids and
+ * a list of unacked ones). The queue stays small, so the ring wraps around many times and
+ * requeues land at its front, its back and in its middle across the wrap. */
+#define MODEL_OPS 20000
+#define MODEL_MAX 40
+
+struct model_msg {
+    int id;
+    bool redelivered;
+    uint64_t tag;
+};
+
+Test(storage_memory, random_operations_match_a_model)
+{
+    void *q = open_plain();
+    struct model_msg ready[MODEL_MAX], unacked[MODEL_MAX];
+    int n_ready = 0, n_unacked = 0, next_id = 0;
+    char body[16];
+    srand(7);
+    for (int op = 0; op < MODEL_OPS; op++) {
+        int r = rand() % 4;
+        if (r == 0 && n_ready + n_unacked < MODEL_MAX) {
+            snprintf(body, sizeof body, "%d", next_id);
+            cr_assert_eq(put(q, body), WR_OK);
+            ready[n_ready++] = (struct model_msg){next_id++, false, 0};
+        } else if (r == 1 && n_ready > 0) {
+            snprintf(body, sizeof body, "%d", ready[0].id);
+            struct model_msg m = ready[0];
+            m.tag = take(q, body, m.redelivered);
+            memmove(&ready[0], &ready[1], (size_t)(n_ready - 1) * sizeof(ready[0]));
+            n_ready--;
+            unacked[n_unacked++] = m;
+        } else if (r == 2 && n_unacked > 0) {
+            int k = rand() % n_unacked;
+            cr_assert_eq(ops->ack(q, unacked[k].tag), WR_OK);
+            unacked[k] = unacked[--n_unacked];
+        } else if (r == 3 && n_unacked > 0) {
+            int k = rand() % n_unacked;
+            struct model_msg m = unacked[k];
+            unacked[k] = unacked[--n_unacked];
+            cr_assert_eq(ops->requeue(q, m.tag), WR_OK);
+            int at = 0;
+            while (at < n_ready && ready[at].id < m.id)
+                at++;
+            memmove(&ready[at + 1], &ready[at], (size_t)(n_ready - at) * sizeof(ready[0]));
+            ready[at] = (struct model_msg){m.id, true, 0};
+            n_ready++;
+        }
+        cr_assert_eq(ops->depth(q), (uint64_t)n_ready);
+        cr_assert_eq(ops->unacked(q), (uint64_t)n_unacked);
+    }
+    /* Drain what is left, in the model's order. */
+    for (int i = 0; i < n_ready; i++) {
+        snprintf(body, sizeof body, "%d", ready[i].id);
+        take(q, body, ready[i].redelivered);
+    }
+    assert_empty(q);
+    ops->close(q);
+}
+
 /* ---- a bounded load -------------------------------------------------------------------- */
 
 #define LOAD 100000
