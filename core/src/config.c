@@ -233,7 +233,7 @@ static int next_event(struct parse *p, yaml_event_t *ev)
     return WR_OK;
 }
 
-/* libyaml expands "!!str" to YAML_STR_TAG, this prefix and "str". */
+/* What libyaml expands "!!" to ("!!str" arrives as YAML_STR_TAG). */
 #define CFG_TAG_PREFIX "tag:yaml.org,2002:"
 
 /* Anchors and tags are refused where they appear: an alias would make the tree a graph and

@@ -5,13 +5,13 @@
 set -euo pipefail
 lib=$1
 shift
-bad=$(nm -D --defined-only "$lib" | awk '{print $3}' | grep -v '^wr_' | grep -vE '^(_init|_fini)$' || true)
+bad=$(nm -D --defined-only "$lib" | awk '{print $3}' | grep -v '^wr_' | grep -vE '^(_init|_fini|__odr_asan[.].*)$' || true)
 if [ -n "$bad" ]; then
   echo "libwarren exports names without the wr_ prefix:"; echo "$bad"; exit 1
 fi
 echo "libwarren: $(nm -D --defined-only "$lib" | grep -c ' wr_') wr_ symbols, nothing else"
 for p in "$@"; do
-  extra=$(nm -D --defined-only "$p" | awk '{print $3}' | grep -vxE 'wr_plugin_entry|_init|_fini' || true)
+  extra=$(nm -D --defined-only "$p" | awk '{print $3}' | grep -vxE 'wr_plugin_entry|_init|_fini|__odr_asan[.].*' || true)
   if [ -n "$extra" ]; then
     echo "$p exports more than wr_plugin_entry:"; echo "$extra"; exit 1
   fi

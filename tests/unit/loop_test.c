@@ -515,6 +515,30 @@ Test(loop, defer_runs_in_fifo_order)
     cr_assert_eq(ord.n, 4, "each task runs once");
 }
 
+static void cancel_later_task(struct wr_loop *l, void *data)
+{
+    order_cb(l, data);
+    wr_loop_defer_cancel(l, order_task, (void *)3);
+}
+
+Test(loop, defer_cancel)
+{
+    cr_assert_eq(wr_loop_defer(lp, order_task, (void *)1), WR_OK);
+    cr_assert_eq(wr_loop_defer(lp, order_task, (void *)2), WR_OK);
+    cr_assert_eq(wr_loop_defer(lp, order_task, (void *)1), WR_OK);
+    wr_loop_defer_cancel(lp, order_task, (void *)1); /* both of them */
+    wr_loop_defer_cancel(lp, order_task, (void *)9); /* none: ignored */
+    /* From inside a task: a later task of the same round is cancelled too. */
+    cr_assert_eq(wr_loop_defer(lp, cancel_later_task, (void *)4), WR_OK);
+    cr_assert_eq(wr_loop_defer(lp, order_task, (void *)3), WR_OK);
+    cr_assert_eq(wr_loop_defer(lp, order_task, (void *)5), WR_OK);
+    run_nowait();
+    cr_assert_eq(ord.n, 3);
+    cr_assert_eq(ord.seen[0], 2);
+    cr_assert_eq(ord.seen[1], 4);
+    cr_assert_eq(ord.seen[2], 5);
+}
+
 static void write_task(struct wr_loop *l, void *data)
 {
     (void)l;
