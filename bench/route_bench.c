@@ -186,9 +186,9 @@ static int bench_fanout(struct wr_vhost *vh)
     return 0;
 }
 
-/* The topic workload: words per position drawn from vocabularies like an event bus's
- * region.service.event[.level[.id]]. */
-static const uint32_t topic_vocab[5] = {8, 40, 25, 10, 100};
+/* The topic workload: keys like an event bus's region.service.event[.level[.id]], each word
+ * drawn from its position's vocabulary. */
+static const uint32_t topic_vocab[5] = {10, 100, 50, 5, 1000};
 static const char *const topic_prefix[5] = {"r", "svc", "ev", "lvl", "id"};
 
 static void topic_key(char *out, size_t cap)
@@ -200,30 +200,31 @@ static void topic_key(char *out, size_t cap)
                                 rnd(topic_vocab[w]));
 }
 
-/* A pattern made from a random key: each word becomes `*` with probability 0.3; then 35% of
- * patterns keep only their first 1..n-1 words and end in `#` ("r3.svc7.#"), 5% are "#."
- * and their last word ("#.ev4"); the other 60% use `*` and literal words only. */
+/* A subscription pattern made from a random key of 3-5 words: 5% are "#." and the key's
+ * last two words ("#.ev4.lvl2"); 30% keep the key's first 2..n-1 words and end in `#`
+ * ("r3.svc7.#"); the other 65% are the whole key with each word turned into `*` with
+ * probability 0.15 ("r3.*.ev9"). The prefixes before a `#` stay literal, as subscriptions
+ * that broad ("*.*.#") would reach most queues. */
 static void topic_pattern(char *out, size_t cap)
 {
     char words[5][16];
     int n = 3 + (int)rnd(3);
-    for (int w = 0; w < n; w++) {
-        if (rnd(10) < 3)
-            snprintf(words[w], sizeof words[w], "*");
-        else
-            snprintf(words[w], sizeof words[w], "%s%u", topic_prefix[w], rnd(topic_vocab[w]));
-    }
+    for (int w = 0; w < n; w++)
+        snprintf(words[w], sizeof words[w], "%s%u", topic_prefix[w], rnd(topic_vocab[w]));
     uint32_t shape = rnd(100);
     size_t len = 0;
     if (shape < 5) {
-        snprintf(out, cap, "#.%s", words[n - 1]);
-        return;
+        snprintf(out, cap, "#.%s.%s", words[n - 2], words[n - 1]);
+    } else if (shape < 35) {
+        int keep = 2 + (int)rnd((uint32_t)n - 2);
+        for (int w = 0; w < keep; w++)
+            len += (size_t)snprintf(out + len, cap - len, "%s.", words[w]);
+        snprintf(out + len, cap - len, "#");
+    } else {
+        for (int w = 0; w < n; w++)
+            len += (size_t)snprintf(out + len, cap - len, "%s%s", w ? "." : "",
+                                    rnd(100) < 15 ? "*" : words[w]);
     }
-    int keep = shape < 40 ? 1 + (int)rnd((uint32_t)n - 1) : n;
-    for (int w = 0; w < keep; w++)
-        len += (size_t)snprintf(out + len, cap - len, "%s%s", w ? "." : "", words[w]);
-    if (keep < n)
-        snprintf(out + len, cap - len, ".#");
 }
 
 static int bench_topic(struct wr_vhost *vh)

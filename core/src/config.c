@@ -1482,8 +1482,9 @@ static int option_value(const struct wr_config *cfg, const struct cfg_node *n,
 }
 
 int cfg_options_table(const struct wr_config *cfg, const struct cfg_node *node,
-                      const char *plugin, const struct wr_option *schema,
-                      struct wr_table **out, struct wr_error *err)
+                      const struct cfg_node *owner, const char *plugin,
+                      const struct wr_option *schema, struct wr_table **out,
+                      struct wr_error *err)
 {
     struct wr_table *t;
     int rc = WR_OK;
@@ -1525,9 +1526,10 @@ int cfg_options_table(const struct wr_config *cfg, const struct cfg_node *node,
                  opt->type >= WR_OPT_BOOL && opt->type <= WR_OPT_LIST
                      ? option_type_names[opt->type] : "a value",
                  opt->doc ? ": " : "", opt->doc ? opt->doc : "");
-        if (node)
-            rc = cfg_error(cfg, node, err, "missing required option '%s' of plugin '%s' (%s)",
-                           opt->name, plugin, what);
+        if (node || owner)
+            rc = cfg_error(cfg, node ? node : owner, err,
+                           "missing required option '%s' of plugin '%s' (%s)", opt->name,
+                           plugin, what);
         else
             rc = wr_error_set(err, WR_EINVAL, "%s: plugin '%s' needs the option '%s' (%s)",
                               cfg->file, plugin, opt->name, what);

@@ -131,11 +131,14 @@ int cfg_error(const struct wr_config *cfg, const struct cfg_node *node, struct w
               const char *fmt, ...) WR_PRINTF(4, 5);
 
 /* Converts an `options:` map to a table checked against a plugin's schema (NULL schema: no
- * key is allowed). node may be NULL (empty table). Unknown keys, wrong types, missing
- * required keys and bad sizes or durations are errors at their position. */
+ * key is allowed). node may be NULL (empty table); owner is the listener, exchange or queue
+ * the options belong to, where a missing required option is reported when there is no map.
+ * Unknown keys, wrong types, missing required keys and bad sizes or durations are errors at
+ * their position. */
 int cfg_options_table(const struct wr_config *cfg, const struct cfg_node *node,
-                      const char *plugin, const struct wr_option *schema,
-                      struct wr_table **out, struct wr_error *err);
+                      const struct cfg_node *owner, const char *plugin,
+                      const struct wr_option *schema, struct wr_table **out,
+                      struct wr_error *err);
 
 /* Converts an `arguments:` map (binding or declare arguments) to a table with no schema:
  * plain integers become I64, floats DOUBLE, true/false BOOL, everything else STR, nested

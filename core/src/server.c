@@ -114,7 +114,7 @@ static int declare_vhost(struct wr_server *srv, const struct wr_config *cfg,
     for (size_t i = 0; i < cv->n_exchanges; i++) {
         const struct cfg_exchange *ce = &cv->exchanges[i];
         struct wr_table *opts;
-        rc = cfg_options_table(cfg, ce->options, ce->type, schema_of(srv, ce->type), &opts, err);
+        rc = cfg_options_table(cfg, ce->options, ce->node, ce->type, schema_of(srv, ce->type), &opts, err);
         if (rc != WR_OK)
             return rc;
         struct wr_exchange_decl decl = {ce->name, ce->type, ce->durable, ce->auto_delete,
@@ -127,7 +127,7 @@ static int declare_vhost(struct wr_server *srv, const struct wr_config *cfg,
     for (size_t i = 0; i < cv->n_queues; i++) {
         const struct cfg_queue *cq = &cv->queues[i];
         struct wr_table *opts;
-        rc = cfg_options_table(cfg, cq->options, cq->storage, schema_of(srv, cq->storage),
+        rc = cfg_options_table(cfg, cq->options, cq->node, cq->storage, schema_of(srv, cq->storage),
                                &opts, err);
         if (rc != WR_OK)
             return rc;
@@ -172,7 +172,7 @@ static int start_listeners(struct wr_server *srv, const struct wr_config *cfg,
     for (size_t i = 0; i < cfg->n_listeners; i++) {
         const struct cfg_listener *cl = &cfg->listeners[i];
         struct wr_table *opts;
-        int rc = cfg_options_table(cfg, cl->options, cl->transport,
+        int rc = cfg_options_table(cfg, cl->options, cl->node, cl->transport,
                                    schema_of(srv, cl->transport), &opts, err);
         if (rc != WR_OK)
             return rc;

@@ -764,7 +764,7 @@ static int queue_options(const char *options, struct wr_table **out, struct wr_e
     snprintf(yaml, sizeof(yaml), "vhosts: [{name: /, queues: [{name: q, options: %s}]}]\n",
              options);
     struct wr_config *cfg = load_ok("opts.yaml", yaml);
-    int rc = cfg_options_table(cfg, cfg->vhosts[0].queues[0].options, "testlog", test_schema, out,
+    int rc = cfg_options_table(cfg, cfg->vhosts[0].queues[0].options, NULL, "testlog", test_schema, out,
                                err);
     wr_config_free(cfg);
     return rc;
@@ -867,18 +867,26 @@ Test(config, options_table_absent_and_schemaless)
     struct wr_error err = {0};
 
     /* No options: an empty table, unless the schema requires one. */
-    cr_assert_eq(cfg_options_table(cfg, cfg->listeners[0].options, "t", NULL, &t, &err), WR_OK);
+    cr_assert_eq(cfg_options_table(cfg, cfg->listeners[0].options, NULL, "t", NULL, &t, &err),
+                 WR_OK);
     cr_assert_eq(t->count, 0);
     wr_table_free(t);
     t = NULL;
-    cr_assert_eq(cfg_options_table(cfg, cfg->listeners[0].options, "lua", test_schema, &t, &err),
+    cr_assert_eq(cfg_options_table(cfg, cfg->listeners[0].options, NULL, "lua", test_schema, &t,
+                                   &err),
                  WR_EINVAL);
     cr_assert_null(t);
     cr_assert_str_eq(err.msg, "opts.yaml: plugin 'lua' needs the option 'script' (a string: the "
                               "Lua file)");
+    /* With the owning listener known, the error points at it. */
+    cr_assert_eq(cfg_options_table(cfg, cfg->listeners[0].options, cfg->listeners[0].node, "lua",
+                                   test_schema, &t, &err),
+                 WR_EINVAL);
+    cr_assert_str_eq(err.msg, "opts.yaml:1:13: listeners[0]: missing required option 'script' of "
+                              "plugin 'lua' (a string: the Lua file)");
 
     /* A plugin that takes no options refuses any. */
-    cr_assert_eq(cfg_options_table(cfg, cfg->listeners[1].options, "t", NULL, &t, &err),
+    cr_assert_eq(cfg_options_table(cfg, cfg->listeners[1].options, NULL, "t", NULL, &t, &err),
                  WR_EINVAL);
     cr_assert_str_eq(err.msg, "opts.yaml:2:47: listeners[1].options.x: unknown option (plugin "
                               "'t' takes no options)");
