@@ -8,7 +8,9 @@
  *   direct-1000-keys        1,000 queues bound by distinct keys, random keys that all hit
  *   fanout-10-queues        10 queues on a fanout exchange
  *   topic-10000-bindings    10,000 `*` / `#` patterns over keys of 3-5 words
- *   publish-direct-1-queue  wr_publish into one memory queue, purged every 4,096 messages
+ *   publish-direct-1-queue  wr_publish of one message into a memory queue, purged every
+ *                           4,096 messages
+ *   publish-new-msg-direct-1-queue  the same with a new message built for every publish
  *
  * Each case runs a fixed number of iterations or until its time cap, whichever comes first,
  * and prints one line "case routes/s" on stdout; details go to stderr. --quick runs a
@@ -262,32 +264,45 @@ static int bench_topic(struct wr_vhost *vh)
     return 0;
 }
 
-static int bench_publish(struct wr_vhost *vh)
+/* Publishes into one memory queue through a direct exchange, purging every 4,096 messages
+ * so memory stays bounded (dropping them is part of the cost). With fresh_msg, each publish
+ * builds its message first (wr_msg_new copying a 100-byte body, then unref), as a transport
+ * does per message; without it one message is published again and again. */
+static int bench_publish(struct wr_vhost *vh, bool fresh_msg)
 {
-    struct wr_exchange *ex = declare_exchange(vh, "bench.publish", "direct");
-    struct wr_queue *q = declare_queue(vh, "publish.q");
+    const char *ex_name = fresh_msg ? "bench.publish.new" : "bench.publish";
+    const char *q_name = fresh_msg ? "publish.new.q" : "publish.q";
+    struct wr_exchange *ex = declare_exchange(vh, ex_name, "direct");
+    struct wr_queue *q = declare_queue(vh, q_name);
     bind(ex, q, "k");
     struct wr_msg *msg = make_msg("k", 100);
     struct wr_error err = {0};
     uint64_t iters = 20000000 / iter_div, n = 0;
+    int rc = 0;
     double t0 = now_s(), t = t0;
-    while (n < iters) {
-        for (int i = 0; i < 4096; i++, n++) {
-            if (wr_publish(ex, msg, &err) != 1) {
+    while (n < iters && rc == 0) {
+        for (int i = 0; i < 4096 && rc == 0; i++, n++) {
+            struct wr_msg *m = fresh_msg ? make_msg("k", 100) : msg;
+            if (wr_publish(ex, m, &err) != 1) {
                 fprintf(stderr, "route_bench: publish stored in other than 1 queue: %s\n",
                         err.msg);
-                wr_msg_unref(msg);
-                return 1;
+                rc = 1;
             }
+            if (fresh_msg)
+                wr_msg_unref(m);
         }
-        wr_queue_purge(q); /* bounded memory; dropping the messages is part of the cost */
+        wr_queue_purge(q);
         t = now_s();
         if (t - t0 > time_cap)
             break;
     }
     wr_msg_unref(msg);
-    report("publish-direct-1-queue", n, t - t0, "100-byte body into a memory queue");
-    return 0;
+    if (rc == 0)
+        report(fresh_msg ? "publish-new-msg-direct-1-queue" : "publish-direct-1-queue", n,
+               t - t0,
+               fresh_msg ? "wr_msg_new (100-byte body) + wr_publish + unref, memory queue"
+                         : "one 100-byte message published again and again, memory queue");
+    return rc;
 }
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -327,7 +342,8 @@ int main(int argc, char **argv)
         wr_vhost_add(b, "/", &vh, &err) != WR_OK)
         die("setup", &err);
 
-    int rc = bench_direct(vh) || bench_fanout(vh) || bench_topic(vh) || bench_publish(vh);
+    int rc = bench_direct(vh) || bench_fanout(vh) || bench_topic(vh) ||
+             bench_publish(vh, false) || bench_publish(vh, true);
 
     wr_broker_free(b);
     wr_loop_free(lp);

@@ -816,7 +816,7 @@ static const char *const user_keys[] = {"name", "password", "vhosts", NULL};
 
 static int load_broker(struct wr_config *cfg, struct wr_error *err)
 {
-    const struct cfg_node *b = field(&cfg->root, "broker"), *n;
+    const struct cfg_node *b = field(&cfg->root, "broker"), *n = NULL;
     int rc;
 
     if (!(cfg->data_dir = strdup("./warren-data")))
@@ -860,7 +860,7 @@ static int load_broker(struct wr_config *cfg, struct wr_error *err)
 
 static int load_plugins(struct wr_config *cfg, struct wr_error *err)
 {
-    const struct cfg_node *sec = field(&cfg->root, "plugins"), *n;
+    const struct cfg_node *sec = field(&cfg->root, "plugins"), *n = NULL;
     int rc = alloc_section(cfg, sec, (void **)&cfg->plugins, &cfg->n_plugins,
                            sizeof(*cfg->plugins), err);
 
@@ -882,7 +882,7 @@ static int load_plugins(struct wr_config *cfg, struct wr_error *err)
 
 static int load_listeners(struct wr_config *cfg, struct wr_error *err)
 {
-    const struct cfg_node *sec = field(&cfg->root, "listeners"), *n;
+    const struct cfg_node *sec = field(&cfg->root, "listeners"), *n = NULL;
     int rc = alloc_section(cfg, sec, (void **)&cfg->listeners, &cfg->n_listeners,
                            sizeof(*cfg->listeners), err);
 
@@ -915,7 +915,7 @@ static int load_listeners(struct wr_config *cfg, struct wr_error *err)
 static int load_exchanges(struct wr_config *cfg, const struct cfg_node *sec,
                           struct cfg_vhost *vh, struct wr_error *err)
 {
-    const struct cfg_node *n;
+    const struct cfg_node *n = NULL;
     int rc = alloc_section(cfg, sec, (void **)&vh->exchanges, &vh->n_exchanges,
                            sizeof(*vh->exchanges), err);
 
@@ -943,7 +943,7 @@ static int load_exchanges(struct wr_config *cfg, const struct cfg_node *sec,
 static int load_queue(struct wr_config *cfg, const struct cfg_node *m, struct cfg_queue *q,
                       struct wr_error *err)
 {
-    const struct cfg_node *n;
+    const struct cfg_node *n = NULL;
     int64_t v;
     uint64_t bytes;
     int rc;
@@ -985,7 +985,7 @@ static int load_queue(struct wr_config *cfg, const struct cfg_node *m, struct cf
 static int load_queues(struct wr_config *cfg, const struct cfg_node *sec, struct cfg_vhost *vh,
                        struct wr_error *err)
 {
-    const struct cfg_node *n;
+    const struct cfg_node *n = NULL;
     int rc = alloc_section(cfg, sec, (void **)&vh->queues, &vh->n_queues, sizeof(*vh->queues),
                            err);
 
@@ -1030,7 +1030,7 @@ static int check_exchange_ref(const struct wr_config *cfg, const struct cfg_vhos
 static int load_bindings(struct wr_config *cfg, const struct cfg_node *sec,
                          struct cfg_vhost *vh, struct wr_error *err)
 {
-    const struct cfg_node *n;
+    const struct cfg_node *n = NULL;
     int rc = alloc_section(cfg, sec, (void **)&vh->bindings, &vh->n_bindings,
                            sizeof(*vh->bindings), err);
 
@@ -1080,7 +1080,7 @@ static int load_bindings(struct wr_config *cfg, const struct cfg_node *sec,
 
 static int load_vhosts(struct wr_config *cfg, struct wr_error *err)
 {
-    const struct cfg_node *sec = field(&cfg->root, "vhosts"), *n;
+    const struct cfg_node *sec = field(&cfg->root, "vhosts"), *n = NULL;
     int rc;
 
     if (!sec) {
@@ -1120,7 +1120,7 @@ static bool has_vhost(const struct wr_config *cfg, const char *name)
 
 static int load_users(struct wr_config *cfg, struct wr_error *err)
 {
-    const struct cfg_node *sec = field(&cfg->root, "users"), *n;
+    const struct cfg_node *sec = field(&cfg->root, "users"), *n = NULL;
     int rc;
 
     if (!sec) {
@@ -1436,7 +1436,7 @@ static int option_value(const struct wr_config *cfg, const struct cfg_node *n,
     struct wr_array *arr = NULL;
     uint64_t u;
     int64_t i;
-    bool b;
+    bool b = false;
     int rc = WR_OK;
 
     switch (opt->type) {
