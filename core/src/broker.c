@@ -29,6 +29,7 @@ static void vhost_free(struct wr_vhost *vh)
     exchange_free_all(vh);
     map_fini(&vh->exchanges);
     map_fini(&vh->queues);
+    free(vh->bindex);
     free(vh->name);
     free(vh);
 }

@@ -54,6 +54,8 @@ struct wr_vhost {
     struct map exchanges;        /* name -> struct wr_exchange */
     struct map queues;           /* name -> struct wr_queue */
     struct wr_exchange *default_ex;
+    struct binding **bindex;     /* every binding, chained by hash of (src, dest, key) */
+    size_t bindex_cap, bindex_count;
 };
 
 /* A binding, as the core owns it; the plugin sees the embedded struct wr_binding. */
@@ -66,6 +68,8 @@ struct binding {
     struct binding *in_prev, *in_next; /* in the destination's incoming list */
     char *key;
     struct wr_table *args;
+    uint64_t hash;               /* of (src, dest, key), for the vhost's binding index */
+    struct binding *hnext;       /* in the index's chain */
 };
 
 struct wr_exchange {

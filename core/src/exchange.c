@@ -261,15 +261,64 @@ static bool args_equal(const struct wr_table *a, const struct wr_table *b)
     return wr_value_equal(&va, &vb);
 }
 
+/* The vhost's binding index: declaring a binding must find an equal one without scanning
+ * every binding of the exchange (a topic exchange may hold hundreds of thousands). Chained,
+ * keyed by (source, destination, key); arguments are compared on a hit. */
+static uint64_t binding_hash(const struct wr_exchange *src, const void *dest, const char *key)
+{
+    uint64_t h = map_hash(key, strlen(key));
+    h ^= (uint64_t)(uintptr_t)src * 0x9e3779b97f4a7c15ULL;
+    h ^= (uint64_t)(uintptr_t)dest * 0xc2b2ae3d27d4eb4fULL;
+    return h ^ (h >> 29);
+}
+
 static struct binding *binding_find(struct wr_exchange *src, struct wr_queue *q,
                                     struct wr_exchange *dst, const char *key,
                                     const struct wr_table *args)
 {
-    for (struct binding *bd = src->out; bd; bd = bd->next)
-        if (bd->q == q && bd->dst == dst && strcmp(bd->key, key) == 0 &&
-            args_equal(bd->args, args))
+    struct wr_vhost *vh = src->vh;
+    if (!vh->bindex_cap)
+        return NULL;
+    uint64_t h = binding_hash(src, q ? (void *)q : (void *)dst, key);
+    for (struct binding *bd = vh->bindex[h & (vh->bindex_cap - 1)]; bd; bd = bd->hnext)
+        if (bd->hash == h && bd->src == src && bd->q == q && bd->dst == dst &&
+            strcmp(bd->key, key) == 0 && args_equal(bd->args, args))
             return bd;
     return NULL;
+}
+
+static int bindex_add(struct wr_vhost *vh, struct binding *bd)
+{
+    if (vh->bindex_count + 1 > vh->bindex_cap) {
+        size_t cap = vh->bindex_cap ? vh->bindex_cap * 2 : 64;
+        struct binding **slots = calloc(cap, sizeof *slots);
+        if (!slots)
+            return WR_ENOMEM;
+        for (size_t i = 0; i < vh->bindex_cap; i++) {
+            for (struct binding *b = vh->bindex[i], *next; b; b = next) {
+                next = b->hnext;
+                b->hnext = slots[b->hash & (cap - 1)];
+                slots[b->hash & (cap - 1)] = b;
+            }
+        }
+        free(vh->bindex);
+        vh->bindex = slots;
+        vh->bindex_cap = cap;
+    }
+    struct binding **head = &vh->bindex[bd->hash & (vh->bindex_cap - 1)];
+    bd->hnext = *head;
+    *head = bd;
+    vh->bindex_count++;
+    return WR_OK;
+}
+
+static void bindex_del(struct wr_vhost *vh, struct binding *bd)
+{
+    struct binding **p = &vh->bindex[bd->hash & (vh->bindex_cap - 1)];
+    while (*p != bd)
+        p = &(*p)->hnext;
+    *p = bd->hnext;
+    vh->bindex_count--;
 }
 
 static struct binding **incoming_list(struct binding *bd)
@@ -301,7 +350,13 @@ static int binding_add(struct wr_exchange *src, struct wr_queue *q, struct wr_ex
     bd->dst = dst;
     bd->pub.key = (struct wr_str){bd->key, strlen(bd->key)};
     bd->pub.args = bd->args;
-    int rc = src->ops->bind(src->state, &bd->pub, err);
+    bd->hash = binding_hash(src, q ? (void *)q : (void *)dst, key);
+    int rc = bindex_add(src->vh, bd);
+    if (rc != WR_OK) {
+        rc = wr_error_set(err, WR_ENOMEM, "out of memory adding a binding");
+    } else if ((rc = src->ops->bind(src->state, &bd->pub, err)) != WR_OK) {
+        bindex_del(src->vh, bd);
+    }
     if (rc != WR_OK) {
         wr_table_free(bd->args);
         free(bd->key);
@@ -325,6 +380,7 @@ void binding_remove(struct binding *bd)
 {
     struct wr_exchange *src = bd->src;
     src->ops->unbind(src->state, &bd->pub);
+    bindex_del(src->vh, bd);
     if (bd->prev)
         bd->prev->next = bd->next;
     else

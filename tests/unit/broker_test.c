@@ -560,3 +560,35 @@ Test(broker, message_fields_are_copied)
     cr_assert_geq(wr_msg_bytes_live(), msg->size);
     wr_msg_unref(msg);
 }
+
+Test(broker, many_bindings_are_indexed_idempotent_and_removable)
+{
+    struct wr_exchange *ex = declare_ex("many", "direct", false);
+    struct wr_queue *q1 = tu_queue(&t, "q1"), *q2 = tu_queue(&t, "q2");
+    char key[32];
+    for (int i = 0; i < 20000; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        cr_assert_eq(wr_bind_queue(ex, i % 2 ? q1 : q2, key, NULL, &err), WR_OK, "%s", err.msg);
+    }
+    for (int i = 0; i < 20000; i += 7) { /* again: no new binding */
+        snprintf(key, sizeof key, "k%d", i);
+        cr_assert_eq(wr_bind_queue(ex, i % 2 ? q1 : q2, key, NULL, &err), WR_OK);
+    }
+    cr_assert_eq(wr_exchange_binding_count(ex), 20000);
+    struct wr_table *args = wr_table_new();
+    struct wr_value v = wr_value_i64(1);
+    wr_table_add(args, "x", &v);
+    cr_assert_eq(wr_bind_queue(ex, q1, "k1", args, &err), WR_OK); /* other args: another */
+    cr_assert_eq(wr_exchange_binding_count(ex), 20001);
+    cr_assert_eq(wr_unbind_queue(ex, q1, "k1", args, &err), WR_OK);
+    wr_table_free(args);
+    for (int i = 0; i < 20000; i += 2) {
+        snprintf(key, sizeof key, "k%d", i);
+        cr_assert_eq(wr_unbind_queue(ex, q2, key, NULL, &err), WR_OK);
+    }
+    cr_assert_eq(wr_exchange_binding_count(ex), 10000);
+    cr_assert_eq(tu_publish(&t, "many", "k2", "x", NULL), 0);
+    cr_assert_eq(tu_publish(&t, "many", "k3", "x", NULL), 1);
+    cr_assert_eq(wr_queue_delete(q1, false, false, NULL, &err), WR_OK);
+    cr_assert_eq(wr_exchange_binding_count(ex), 0);
+}

@@ -17,9 +17,7 @@ static struct wr_exchange *ex;
 static void setup(void)
 {
     tu_broker_init(&tb);
-    struct wr_exchange_decl decl = {.name = "dx", .type = "direct"};
-    struct wr_error err = {0};
-    cr_assert_eq(wr_exchange_declare(tb.vh, &decl, &ex, &err), WR_OK, "%s", err.msg);
+    ex = tu_exchange(&tb, "dx", "direct");
 }
 
 static void teardown(void)
@@ -29,45 +27,14 @@ static void teardown(void)
 
 TestSuite(exchange_direct, .init = setup, .fini = teardown);
 
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-/* The names of the queues a message with routing key rk reaches from e, sorted and joined
- * with commas ("" for none). Valid until the next call. */
 static const char *routed(struct wr_exchange *e, const char *rk)
 {
-    static char out[1024];
-    struct wr_queue *qs[64];
-    const char *names[64];
-    struct wr_msg *msg = tu_msg(rk, NULL, NULL);
-    size_t n = wr_exchange_route(e, msg, qs, 64);
-    wr_msg_unref(msg);
-    cr_assert_leq(n, 64);
-    for (size_t i = 0; i < n; i++)
-        names[i] = wr_queue_name(qs[i]);
-    qsort(names, n, sizeof names[0], cmp_str);
-    out[0] = '\0';
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            strcat(out, ",");
-        strcat(out, names[i]);
-    }
-    return out;
+    return tu_routed(e, rk, NULL);
 }
 
-static void bind(struct wr_queue *q, const char *key)
-{
-    struct wr_error err = {0};
-    cr_assert_eq(wr_bind_queue(ex, q, key, NULL, &err), WR_OK, "%s", err.msg);
-}
+static void bind(struct wr_queue *q, const char *key) { tu_bind(ex, q, key, NULL); }
 
-static void unbind(struct wr_queue *q, const char *key)
-{
-    struct wr_error err = {0};
-    cr_assert_eq(wr_unbind_queue(ex, q, key, NULL, &err), WR_OK, "%s", err.msg);
-}
+static void unbind(struct wr_queue *q, const char *key) { tu_unbind(ex, q, key, NULL); }
 
 Test(exchange_direct, exact_key_hits_and_everything_else_misses)
 {

@@ -17,9 +17,7 @@ static struct wr_exchange *ex;
 static void setup(void)
 {
     tu_broker_init(&tb);
-    struct wr_exchange_decl decl = {.name = "fx", .type = "fanout"};
-    struct wr_error err = {0};
-    cr_assert_eq(wr_exchange_declare(tb.vh, &decl, &ex, &err), WR_OK, "%s", err.msg);
+    ex = tu_exchange(&tb, "fx", "fanout");
 }
 
 static void teardown(void)
@@ -29,17 +27,9 @@ static void teardown(void)
 
 TestSuite(exchange_fanout, .init = setup, .fini = teardown);
 
-static void bind(struct wr_queue *q, const char *key)
-{
-    struct wr_error err = {0};
-    cr_assert_eq(wr_bind_queue(ex, q, key, NULL, &err), WR_OK, "%s", err.msg);
-}
+static void bind(struct wr_queue *q, const char *key) { tu_bind(ex, q, key, NULL); }
 
-static void unbind(struct wr_queue *q, const char *key)
-{
-    struct wr_error err = {0};
-    cr_assert_eq(wr_unbind_queue(ex, q, key, NULL, &err), WR_OK, "%s", err.msg);
-}
+static void unbind(struct wr_queue *q, const char *key) { tu_unbind(ex, q, key, NULL); }
 
 Test(exchange_fanout, no_binding_means_unroutable)
 {

@@ -19,9 +19,7 @@ static struct wr_exchange *ex;
 static void setup(void)
 {
     tu_broker_init(&tb);
-    struct wr_exchange_decl decl = {.name = "tx", .type = "topic"};
-    struct wr_error err = {0};
-    cr_assert_eq(wr_exchange_declare(tb.vh, &decl, &ex, &err), WR_OK, "%s", err.msg);
+    ex = tu_exchange(&tb, "tx", "topic");
 }
 
 static void teardown(void)
@@ -31,17 +29,9 @@ static void teardown(void)
 
 TestSuite(exchange_topic, .init = setup, .fini = teardown);
 
-static void bind(struct wr_queue *q, const char *pattern)
-{
-    struct wr_error err = {0};
-    cr_assert_eq(wr_bind_queue(ex, q, pattern, NULL, &err), WR_OK, "%s", err.msg);
-}
+static void bind(struct wr_queue *q, const char *pattern) { tu_bind(ex, q, pattern, NULL); }
 
-static void unbind(struct wr_queue *q, const char *pattern)
-{
-    struct wr_error err = {0};
-    cr_assert_eq(wr_unbind_queue(ex, q, pattern, NULL, &err), WR_OK, "%s", err.msg);
-}
+static void unbind(struct wr_queue *q, const char *pattern) { tu_unbind(ex, q, pattern, NULL); }
 
 /* How many queues a message with routing key rk reaches from ex (qs gets up to max). */
 static size_t route(const char *rk, struct wr_queue **qs, size_t max)

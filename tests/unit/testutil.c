@@ -88,6 +88,56 @@ struct wr_queue *tu_queue(struct tu_broker *t, const char *name)
     return q;
 }
 
+struct wr_exchange *tu_exchange(struct tu_broker *t, const char *name, const char *type)
+{
+    struct wr_exchange_decl decl = {.name = name, .type = type};
+    struct wr_exchange *ex = NULL;
+    struct wr_error err = {0};
+    cr_assert_eq(wr_exchange_declare(t->vh, &decl, &ex, &err), WR_OK, "%s", err.msg);
+    return ex;
+}
+
+void tu_bind(struct wr_exchange *ex, struct wr_queue *q, const char *key,
+             const struct wr_table *args)
+{
+    struct wr_error err = {0};
+    cr_assert_eq(wr_bind_queue(ex, q, key, args, &err), WR_OK, "%s", err.msg);
+}
+
+void tu_unbind(struct wr_exchange *ex, struct wr_queue *q, const char *key,
+               const struct wr_table *args)
+{
+    struct wr_error err = {0};
+    cr_assert_eq(wr_unbind_queue(ex, q, key, args, &err), WR_OK, "%s", err.msg);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+const char *tu_routed(struct wr_exchange *ex, const char *rk, const struct wr_table *headers)
+{
+    static char out[4096];
+    struct wr_queue *qs[64];
+    const char *names[64];
+    struct wr_msg *msg = tu_msg(rk, NULL, headers);
+    size_t n = wr_exchange_route(ex, msg, qs, 64);
+    wr_msg_unref(msg);
+    cr_assert_leq(n, 64);
+    for (size_t i = 0; i < n; i++)
+        names[i] = wr_queue_name(qs[i]);
+    qsort(names, n, sizeof names[0], cmp_str);
+    out[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            strcat(out, ",");
+        cr_assert_lt(strlen(out) + strlen(names[i]), sizeof out - 1);
+        strcat(out, names[i]);
+    }
+    return out;
+}
+
 static uint64_t mono_ms(void)
 {
     struct timespec ts;

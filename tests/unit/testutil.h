@@ -39,6 +39,19 @@ int tu_publish(struct tu_broker *t, const char *ex_name, const char *routing_key
 /* Declares a memory queue called name in t's vhost (asserting success). */
 struct wr_queue *tu_queue(struct tu_broker *t, const char *name);
 
+/* Declares an exchange of type in t's vhost (asserting success). */
+struct wr_exchange *tu_exchange(struct tu_broker *t, const char *name, const char *type);
+
+/* Binds / unbinds q to ex with key and args (NULL: none), asserting success. */
+void tu_bind(struct wr_exchange *ex, struct wr_queue *q, const char *key,
+             const struct wr_table *args);
+void tu_unbind(struct wr_exchange *ex, struct wr_queue *q, const char *key,
+               const struct wr_table *args);
+
+/* The names of the queues a message with routing key rk and headers (NULL: none) reaches
+ * from ex, sorted and joined with commas ("" for none). Valid until the next call. */
+const char *tu_routed(struct wr_exchange *ex, const char *rk, const struct wr_table *headers);
+
 /* Runs loop iterations until cond(data) is true or timeout_ms passes; returns cond's last
  * value. */
 bool tu_wait(struct wr_loop *lp, bool (*cond)(void *data), void *data, int timeout_ms);
