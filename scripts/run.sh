@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/deps.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DWARREN_TESTS=OFF >/dev/null
-cmake --build build -j"$(nproc)" >/dev/null
-exec ./build/warren "$@"
+cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DWARREN_TESTS=OFF >/dev/null
+cmake --build build-release -j"$(nproc)" >/dev/null
+exec ./build-release/warren "$@"
