@@ -147,7 +147,7 @@ Test(loader, not_a_shared_object)
     cr_assert_eq(wr_broker_load_plugin(b, NULL, path, NULL, 0, NULL, &err), WR_EINVAL);
     ASSERT_MSG_HAS("cannot load plugin");
     ASSERT_MSG_HAS(path);
-    free(path);
+    tu_remove_temp(path);
 }
 
 Test(loader, failing_create_refuses_the_exchange)

@@ -67,7 +67,7 @@ Test(binary, check_config_prints_topology)
     ASSERT_HAS(out, "audit");
     ASSERT_HAS(out, ": OK");
     free(out);
-    free(path);
+    tu_remove_temp(path);
 }
 
 Test(binary, check_config_reports_position)
@@ -81,7 +81,7 @@ Test(binary, check_config_reports_position)
     ASSERT_HAS(out, "bad.yaml:4:");
     ASSERT_HAS(out, "vhosts[0].queues[0].max_length");
     free(out);
-    free(path);
+    tu_remove_temp(path);
 }
 
 Test(binary, unknown_exchange_type_is_reported_where_it_stands)
@@ -96,7 +96,7 @@ Test(binary, unknown_exchange_type_is_reported_where_it_stands)
     cr_assert_eq(run("--check-config", path, &out), 1);
     ASSERT_HAS(out, "type.yaml:6:9: vhosts[0].exchanges[0]: plugin 'nosuchtype' not found");
     free(out);
-    free(path);
+    tu_remove_temp(path);
 }
 
 Test(binary, plugin_options_are_checked_against_its_schema)
@@ -117,7 +117,7 @@ Test(binary, plugin_options_are_checked_against_its_schema)
     ASSERT_HAS(out, "opts.yaml:10:");
     ASSERT_HAS(out, "vhosts[0].exchanges[0].options.interval");
     free(out);
-    free(path);
+    tu_remove_temp(path);
 
     path = tu_write_temp("opts.yaml", "broker:\n"
                                       "  plugin_dirs: [" WR_TEST_PLUGIN_DIR "]\n"
@@ -132,7 +132,7 @@ Test(binary, plugin_options_are_checked_against_its_schema)
                                       "        options: {label: a, interval: 250ms}\n");
     cr_assert_eq(run("--check-config", path, &out), 0, "%s", out);
     free(out);
-    free(path);
+    tu_remove_temp(path);
 }
 
 Test(binary, wrong_plugin_kind_for_storage)
@@ -148,7 +148,7 @@ Test(binary, wrong_plugin_kind_for_storage)
     ASSERT_HAS(out, "kind.yaml:6:9: vhosts[0].queues[0]: plugin 'topic' is an exchange type, "
                     "but a storage backend is needed here");
     free(out);
-    free(path);
+    tu_remove_temp(path);
 }
 
 /* Waits (bounded) until the log at path contains needle. */
@@ -192,14 +192,14 @@ Test(binary, sigterm_exits_zero)
 {
     char *path = tu_write_temp("good.yaml", good_config);
     start_and_signal(path, SIGTERM);
-    free(path);
+    tu_remove_temp(path);
 }
 
 Test(binary, sigint_exits_zero)
 {
     char *path = tu_write_temp("good.yaml", good_config);
     start_and_signal(path, SIGINT);
-    free(path);
+    tu_remove_temp(path);
 }
 
 Test(binary, runs_on_embedded_default)

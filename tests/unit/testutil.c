@@ -195,6 +195,17 @@ char *tu_write_temp(const char *name, const char *text)
     return path;
 }
 
+void tu_remove_temp(char *path)
+{
+    unlink(path);
+    char *slash = strrchr(path, '/');
+    if (slash) {
+        *slash = '\0';
+        rmdir(path);
+    }
+    free(path);
+}
+
 char *tu_read_file(const char *path)
 {
     FILE *f = fopen(path, "rb");

@@ -65,6 +65,8 @@ char *tu_get_body(struct wr_queue *q);
 
 /* Writes text to a new file in a fresh temporary directory; returns its malloc'd path. */
 char *tu_write_temp(const char *name, const char *text);
+/* Deletes a file made by tu_write_temp and its directory, and frees path. */
+void tu_remove_temp(char *path);
 
 /* Runs argv (argv[0] a path) with stdout+stderr captured into a malloc'd string (*out),
  * killing it after timeout_ms. Returns its exit status (>= 0), 128+signal if killed by a
