@@ -92,7 +92,7 @@ uint16_t wr_broker_listener_port(const struct wr_broker *b, unsigned n)
     if (n >= b->n_listeners)
         return 0;
     const struct wr_transport_ops *ops = b->listeners[n].ctx->plugin->ops;
-    if (!HAS_TRANSPORT_PORT(ops))
+    if (!HAS_OP(ops, struct wr_transport_ops, port))
         return 0;
     return ops->port(b->listeners[n].state);
 }

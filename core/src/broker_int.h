@@ -135,7 +135,6 @@ const char *plugin_kind_article(enum wr_plugin_kind kind);
 #define HAS_OP(ops, type, member)                                                             \
     (plugin_ops_fit(ops, offsetof(type, member) + sizeof(((type *)0)->member)) &&            \
      ((const type *)(ops))->member)
-#define HAS_TRANSPORT_PORT(ops) HAS_OP(ops, struct wr_transport_ops, port)
 
 /* exchange.c */
 int exchange_create(struct wr_vhost *vh, const struct wr_exchange_decl *decl, bool predeclared,

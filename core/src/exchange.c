@@ -272,14 +272,14 @@ static uint64_t binding_hash(const struct wr_exchange *src, const void *dest, co
     return h ^ (h >> 29);
 }
 
+/* The binding equal to (src, q or dst, key, args), whose binding_hash is h, or NULL. */
 static struct binding *binding_find(struct wr_exchange *src, struct wr_queue *q,
                                     struct wr_exchange *dst, const char *key,
-                                    const struct wr_table *args)
+                                    const struct wr_table *args, uint64_t h)
 {
     struct wr_vhost *vh = src->vh;
     if (!vh->bindex_cap)
         return NULL;
-    uint64_t h = binding_hash(src, q ? (void *)q : (void *)dst, key);
     for (struct binding *bd = vh->bindex[h & (vh->bindex_cap - 1)]; bd; bd = bd->hnext)
         if (bd->hash == h && bd->src == src && bd->q == q && bd->dst == dst &&
             strcmp(bd->key, key) == 0 && args_equal(bd->args, args))
@@ -336,7 +336,8 @@ static int binding_add(struct wr_exchange *src, struct wr_queue *q, struct wr_ex
         return wr_error_set(err, WR_EPERM,
                             "operation not permitted on the default exchange: every queue is "
                             "bound to it by its own name");
-    if (binding_find(src, q, dst, key, args))
+    uint64_t h = binding_hash(src, q ? (void *)q : (void *)dst, key);
+    if (binding_find(src, q, dst, key, args, h))
         return WR_OK;
     struct binding *bd = calloc(1, sizeof *bd);
     if (!bd || !(bd->key = strdup(key)) || !(bd->args = wr_table_dup(args))) {
@@ -350,7 +351,7 @@ static int binding_add(struct wr_exchange *src, struct wr_queue *q, struct wr_ex
     bd->dst = dst;
     bd->pub.key = (struct wr_str){bd->key, strlen(bd->key)};
     bd->pub.args = bd->args;
-    bd->hash = binding_hash(src, q ? (void *)q : (void *)dst, key);
+    bd->hash = h;
     int rc = bindex_add(src->vh, bd);
     if (rc != WR_OK) {
         rc = wr_error_set(err, WR_ENOMEM, "out of memory adding a binding");
@@ -438,7 +439,10 @@ static int unbind(struct wr_exchange *src, struct wr_queue *q, struct wr_exchang
 {
     if (src == src->vh->default_ex || dst == src->vh->default_ex)
         return wr_error_set(err, WR_EPERM, "operation not permitted on the default exchange");
-    struct binding *bd = binding_find(src, q, dst, key ? key : "", args);
+    if (!key)
+        key = "";
+    struct binding *bd =
+        binding_find(src, q, dst, key, args, binding_hash(src, q ? (void *)q : (void *)dst, key));
     if (bd)
         binding_remove(bd);
     return WR_OK;

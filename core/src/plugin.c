@@ -32,10 +32,16 @@ const char *plugin_kind_article(enum wr_plugin_kind kind)
 
 const char *wr_plugin_ctx_name(const struct wr_plugin_ctx *ctx) { return ctx->plugin->name; }
 const char *wr_plugin_ctx_path(const struct wr_plugin_ctx *ctx) { return ctx->path; }
-const struct wr_plugin *wr_plugin_ctx_plugin(const struct wr_plugin_ctx *ctx) { return ctx->plugin; }
+const struct wr_plugin *wr_plugin_ctx_plugin(const struct wr_plugin_ctx *ctx)
+{
+    return ctx->plugin;
+}
 struct wr_loop *wr_plugin_ctx_loop(const struct wr_plugin_ctx *ctx) { return ctx->broker->lp; }
 struct wr_broker *wr_plugin_ctx_broker(const struct wr_plugin_ctx *ctx) { return ctx->broker; }
-const char *wr_plugin_ctx_data_dir(const struct wr_plugin_ctx *ctx) { return ctx->broker->data_dir; }
+const char *wr_plugin_ctx_data_dir(const struct wr_plugin_ctx *ctx)
+{
+    return ctx->broker->data_dir;
+}
 
 /* Every ops table starts with its size: HAS_OP reads a member only within it. */
 bool plugin_ops_fit(const void *ops, uint32_t need)

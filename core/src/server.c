@@ -99,9 +99,14 @@ static int load_plugins(struct wr_server *srv, const struct wr_config *cfg,
     return rc;
 }
 
-static const struct wr_option *schema_of(struct wr_server *srv, const char *name)
+/* The options of a listener, exchange or queue (owner) as a table checked against the
+ * schema of its plugin, which is loaded by now. */
+static int plugin_options(struct wr_server *srv, const struct wr_config *cfg,
+                          const struct cfg_node *options, const struct cfg_node *owner,
+                          const char *plugin, struct wr_table **out, struct wr_error *err)
 {
-    return wr_broker_plugin(srv->b, name, 0)->plugin->options;
+    const struct wr_option *schema = wr_broker_plugin(srv->b, plugin, 0)->plugin->options;
+    return cfg_options_table(cfg, options, owner, plugin, schema, out, err);
 }
 
 static int declare_vhost(struct wr_server *srv, const struct wr_config *cfg,
@@ -114,7 +119,7 @@ static int declare_vhost(struct wr_server *srv, const struct wr_config *cfg,
     for (size_t i = 0; i < cv->n_exchanges; i++) {
         const struct cfg_exchange *ce = &cv->exchanges[i];
         struct wr_table *opts;
-        rc = cfg_options_table(cfg, ce->options, ce->node, ce->type, schema_of(srv, ce->type), &opts, err);
+        rc = plugin_options(srv, cfg, ce->options, ce->node, ce->type, &opts, err);
         if (rc != WR_OK)
             return rc;
         struct wr_exchange_decl decl = {ce->name, ce->type, ce->durable, ce->auto_delete,
@@ -127,8 +132,7 @@ static int declare_vhost(struct wr_server *srv, const struct wr_config *cfg,
     for (size_t i = 0; i < cv->n_queues; i++) {
         const struct cfg_queue *cq = &cv->queues[i];
         struct wr_table *opts;
-        rc = cfg_options_table(cfg, cq->options, cq->node, cq->storage, schema_of(srv, cq->storage),
-                               &opts, err);
+        rc = plugin_options(srv, cfg, cq->options, cq->node, cq->storage, &opts, err);
         if (rc != WR_OK)
             return rc;
         struct wr_queue_decl decl;
@@ -172,8 +176,7 @@ static int start_listeners(struct wr_server *srv, const struct wr_config *cfg,
     for (size_t i = 0; i < cfg->n_listeners; i++) {
         const struct cfg_listener *cl = &cfg->listeners[i];
         struct wr_table *opts;
-        int rc = cfg_options_table(cfg, cl->options, cl->node, cl->transport,
-                                   schema_of(srv, cl->transport), &opts, err);
+        int rc = plugin_options(srv, cfg, cl->options, cl->node, cl->transport, &opts, err);
         if (rc != WR_OK)
             return rc;
         struct wr_listener_args args = {cl->host, cl->port, opts};

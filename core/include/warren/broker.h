@@ -126,7 +126,7 @@ struct wr_queue_decl {
     int64_t max_length_bytes;     /* -1: none */
     enum wr_overflow overflow;
     uint32_t partitions;          /* 0: 1 */
-    const struct wr_table *args;  /* declare arguments, kept for equivalence; may be NULL */
+    const struct wr_table *args;  /* declare arguments, kept as given; may be NULL */
     const struct wr_table *options; /* the storage plugin's options; may be NULL */
 };
 

@@ -2,9 +2,9 @@
  * msg.h: reference-counted byte buffers, slices of them, and messages.
  *
  * A message is immutable after wr_msg_new(): routing key, key (Kafka's record key), headers,
- * properties, body and timestamp. Its strings and headers live in one allocation with the
- * message (headers in a deep copy of their own); its body is a slice that holds a reference on the buffer it arrived in, so a
- * transport can hand the broker its receive buffer without a copy.
+ * properties, body and timestamp. Its strings live in one allocation with the message, its
+ * headers in a deep copy of their own; its body is a slice that holds a reference on the
+ * buffer it arrived in, so a transport can hand the broker its receive buffer without a copy.
  *
  * Reference counts are not atomic: messages and buffers are touched on the loop thread only.
  */
