@@ -283,7 +283,7 @@ static int bench_publish(struct wr_vhost *vh, bool fresh_msg)
     while (n < iters && rc == 0) {
         for (int i = 0; i < 4096 && rc == 0; i++, n++) {
             struct wr_msg *m = fresh_msg ? make_msg("k", 100) : msg;
-            if (wr_publish(ex, m, &err) != 1) {
+            if (wr_publish(ex, m, NULL, &err) != 1) {
                 fprintf(stderr, "route_bench: publish stored in other than 1 queue: %s\n",
                         err.msg);
                 rc = 1;

@@ -39,10 +39,14 @@ void wr_broker_free(struct wr_broker *b)
     if (!b)
         return;
     wr_broker_stop_listeners(b);
+    b->freeing = true;
     queue_dispatch_cancel(b);
+    dead_letter_cancel(b);
+    alarm_fini(b);
     for (size_t i = 0; i < b->n_vhosts; i++)
         vhost_free(b->vhosts[i]);
     free(b->vhosts);
+    sync_cancel_all(b);
     for (size_t i = 0; i < b->n_users; i++) {
         free(b->users[i].name);
         free(b->users[i].password);

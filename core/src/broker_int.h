@@ -46,6 +46,17 @@ struct wr_broker {
     uint64_t route_epoch;        /* marks destinations already in the current route set */
     struct wr_queue *dispatch;   /* queues waiting for a dispatch pass, singly linked */
     bool dispatch_deferred;
+    bool freeing;                /* wr_broker_free runs: no more dead letters */
+    struct dead_letter *dead, *dead_tail; /* waiting to be republished (deadletter.c) */
+    bool dead_deferred;
+    struct wr_queue *dirty;      /* queues with writes not yet synced (sync.c) */
+    struct wr_sync *syncs;       /* barriers waiting for their deferred completion */
+    bool syncs_deferred;
+    uint64_t mem_high;           /* memory alarm (alarm.c); 0: off */
+    bool mem_alarm;
+    uint64_t mem_timer;
+    struct wr_alarm_watch *watches;
+    bool alarm_deferred;
 };
 
 struct wr_vhost {
@@ -115,6 +126,14 @@ struct wr_queue {
     int64_t max_length, max_length_bytes;
     enum wr_overflow overflow;
     uint32_t partitions;
+    int64_t message_ttl_ms, expires_ms; /* -1: none */
+    char *dlx, *dlrk;            /* dead-letter exchange and routing key; NULL: none */
+    uint64_t ttl_timer;          /* expires the head message; 0: not armed */
+    int64_t ttl_at;              /* when ttl_timer fires, ms since the epoch */
+    uint64_t expires_timer;      /* deletes the queue once unused (x-expires) */
+    int64_t used_at;             /* last declare, get or consumer, ms since the epoch */
+    bool dirty;                  /* on the broker's dirty list */
+    struct wr_queue *dirty_next;
     struct wr_table *args;
     struct binding *in;          /* bindings to this queue */
     struct wr_consumer **consumers;
@@ -154,5 +173,24 @@ void queue_schedule(struct wr_queue *q);
 void queue_dispatch_cancel(struct wr_broker *b);
 /* Storage of a message into q by wr_publish: WR_OK, or WR_ELIMIT when refused. */
 int queue_store(struct wr_queue *q, struct wr_msg *msg, struct wr_error *err);
+/* Wall-clock milliseconds since the epoch (message timestamps and TTLs use it). */
+int64_t wall_ms(void);
+
+/* deadletter.c */
+/* Hands msg (a reference the caller gives up) to q's dead-letter exchange for reason
+ * ("rejected", "expired", "maxlen"), later, from a deferred task; frees it if q has none. */
+void dead_letter(struct wr_queue *q, struct wr_msg *msg, const char *reason);
+/* Drops pending dead letters (the broker is being freed). */
+void dead_letter_cancel(struct wr_broker *b);
+
+/* sync.c */
+/* q took a write its storage may not have made durable yet. */
+void sync_mark_dirty(struct wr_queue *q);
+void sync_cancel_all(struct wr_broker *b);
+
+/* alarm.c */
+/* After a publish: raises the memory alarm if live message bytes crossed the watermark. */
+void alarm_check(struct wr_broker *b);
+void alarm_fini(struct wr_broker *b);
 
 #endif

@@ -801,7 +801,7 @@ static int reserved(const struct wr_config *cfg, const struct cfg_node *n, const
 static const char *const root_keys[] = {"broker", "plugins", "listeners", "vhosts", "users",
                                         NULL};
 static const char *const broker_keys[] = {"data_dir", "plugin_dirs", "log_level",
-                                          "max_message_size", NULL};
+                                          "max_message_size", "memory_high_watermark", NULL};
 static const char *const plugin_keys[] = {"name", "path", NULL};
 static const char *const listener_keys[] = {"transport", "host", "port", "options", NULL};
 static const char *const vhost_keys[] = {"name", "exchanges", "queues", "bindings", NULL};
@@ -809,7 +809,9 @@ static const char *const exchange_keys[] = {"name", "type", "durable", "auto_del
                                             "internal", "options", NULL};
 static const char *const queue_keys[] = {"name", "storage", "durable", "exclusive",
                                          "auto_delete", "max_length", "max_length_bytes",
-                                         "overflow", "partitions", "options", NULL};
+                                         "overflow", "partitions", "message_ttl", "expires",
+                                         "dead_letter_exchange", "dead_letter_routing_key",
+                                         "options", NULL};
 static const char *const binding_keys[] = {"exchange", "queue", "to_exchange", "key",
                                            "arguments", NULL};
 static const char *const user_keys[] = {"name", "password", "vhosts", NULL};
@@ -823,6 +825,10 @@ static int load_broker(struct wr_config *cfg, struct wr_error *err)
         return oom(err);
     cfg->log_level = WR_LOG_INFO;
     cfg->max_message_size = DEFAULT_MAX_MESSAGE_SIZE;
+    /* RabbitMQ's default vm_memory_high_watermark: 40% of the machine's memory. */
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    cfg->memory_high_watermark = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page / 10 * 4
+                                                       : 0;
     if (!b)
         return WR_OK;
     if ((rc = want_map(cfg, b, err)) || (rc = check_keys(cfg, b, broker_keys, err)))
@@ -855,6 +861,9 @@ static int load_broker(struct wr_config *cfg, struct wr_error *err)
         if (!cfg->max_message_size)
             return cfg_error(cfg, n, err, "expected a size of at least 1 byte, got '0'");
     }
+    if ((n = field(b, "memory_high_watermark")) &&
+        (rc = read_size(cfg, n, UINT64_MAX, &cfg->memory_high_watermark, err)))
+        return rc;
     return WR_OK;
 }
 
@@ -979,6 +988,24 @@ static int load_queue(struct wr_config *cfg, const struct cfg_node *m, struct cf
             return rc;
         q->partitions = (uint32_t)v;
     }
+    if ((n = field(m, "message_ttl"))) {
+        if ((rc = read_duration(cfg, n, &bytes, err)))
+            return rc;
+        q->message_ttl_ms = (int64_t)bytes;
+    }
+    if ((n = field(m, "expires"))) {
+        if ((rc = read_duration(cfg, n, &bytes, err)))
+            return rc;
+        if (!bytes)
+            return expected(cfg, n, err, "a duration of at least 1ms");
+        q->expires_ms = (int64_t)bytes;
+    }
+    if ((n = field(m, "dead_letter_exchange")) &&
+        (rc = read_str(cfg, n, &q->dead_letter_exchange, err)))
+        return rc;
+    if ((n = field(m, "dead_letter_routing_key")) &&
+        (rc = read_str(cfg, n, &q->dead_letter_routing_key, err)))
+        return rc;
     return opt_map(cfg, m, "options", &q->options, err);
 }
 
@@ -997,6 +1024,8 @@ static int load_queues(struct wr_config *cfg, const struct cfg_node *sec, struct
         q->max_length_bytes = -1;
         q->overflow = WR_OVERFLOW_DROP_HEAD;
         q->partitions = 1;
+        q->message_ttl_ms = -1;
+        q->expires_ms = -1;
         if ((rc = want_map(cfg, m, err)) || (rc = check_keys(cfg, m, queue_keys, err)) ||
             (rc = need(cfg, m, "name", &n, err)) || (rc = read_name(cfg, n, &q->name, err)) ||
             (rc = reserved(cfg, n, q->name, err)))
@@ -1286,6 +1315,8 @@ void wr_config_free(struct wr_config *cfg)
         for (size_t j = 0; j < vh->n_queues; j++) {
             free(vh->queues[j].name);
             free(vh->queues[j].storage);
+            free(vh->queues[j].dead_letter_exchange);
+            free(vh->queues[j].dead_letter_routing_key);
         }
         free(vh->queues);
         for (size_t j = 0; j < vh->n_bindings; j++) {
@@ -1549,9 +1580,9 @@ static const char default_text[] =
     "broker:\n"
     "  data_dir: ./warren-data\n"
     "  log_level: info\n"
-    "# The listeners {transport: amqp091, port: 5672} and {transport: kafka, port: 9092}\n"
-    "# join this list when those transport plugins land.\n"
-    "listeners: []\n"
+    "# AMQP 0-9-1 on 5672; the kafka listener on 9092 joins when that transport lands.\n"
+    "listeners:\n"
+    "  - {transport: amqp091, port: 5672}\n"
     "vhosts:\n"
     "  - name: /\n"
     "users:\n"
@@ -1640,6 +1671,14 @@ static void print_vhost(FILE *out, const struct cfg_vhost *vh)
                     q->overflow == WR_OVERFLOW_REJECT_PUBLISH ? "reject-publish" : "drop-head");
         if (q->partitions != 1)
             fprintf(out, ", partitions %" PRIu32, q->partitions);
+        if (q->message_ttl_ms >= 0)
+            fprintf(out, ", message_ttl %" PRId64 "ms", q->message_ttl_ms);
+        if (q->expires_ms >= 0)
+            fprintf(out, ", expires %" PRId64 "ms", q->expires_ms);
+        if (q->dead_letter_exchange)
+            fprintf(out, ", dead_letter_exchange %s", q->dead_letter_exchange);
+        if (q->dead_letter_routing_key)
+            fprintf(out, ", dead_letter_routing_key %s", q->dead_letter_routing_key);
         print_options(out, "options", q->options);
         fputc('\n', out);
     }
@@ -1665,6 +1704,8 @@ void wr_config_print(const struct wr_config *cfg, FILE *out)
         fprintf(out, "%s%s", i ? ", " : " ", cfg->plugin_dirs[i]);
     fprintf(out, "\n  log_level: %s\n  max_message_size: %s\n",
             log_level_names[cfg->log_level], size_text(cfg->max_message_size, buf, sizeof(buf)));
+    fprintf(out, "  memory_high_watermark: %s\n",
+            size_text(cfg->memory_high_watermark, buf, sizeof(buf)));
     fprintf(out, "plugins:%s\n", cfg->n_plugins ? "" : " none");
     for (size_t i = 0; i < cfg->n_plugins; i++)
         fprintf(out, "  %s: %s\n", cfg->plugins[i].name,

@@ -75,6 +75,10 @@ struct cfg_queue {
     int64_t max_length_bytes;    /* -1: none */
     enum wr_overflow overflow;
     uint32_t partitions;         /* default 1 */
+    int64_t message_ttl_ms;      /* -1: none */
+    int64_t expires_ms;          /* -1: none */
+    char *dead_letter_exchange;  /* NULL: none */
+    char *dead_letter_routing_key;
     const struct cfg_node *options; /* map or NULL */
     const struct cfg_node *node;
 };
@@ -115,6 +119,7 @@ struct wr_config {
     char **plugin_dirs;          /* NULL-terminated; NULL when the config names none */
     enum wr_log_level log_level; /* default info */
     uint64_t max_message_size;   /* default 128 MiB */
+    uint64_t memory_high_watermark; /* default 40% of RAM; 0: off */
 
     struct cfg_plugin *plugins;  /* extra plugins to load (types clients may declare) */
     size_t n_plugins;

@@ -105,8 +105,11 @@ size_t wr_exchange_route(struct wr_exchange *ex, const struct wr_msg *msg,
     return n;
 }
 
-int wr_publish(struct wr_exchange *ex, struct wr_msg *msg, struct wr_error *err)
+int wr_publish(struct wr_exchange *ex, struct wr_msg *msg, uint32_t *refused,
+               struct wr_error *err)
 {
+    if (refused)
+        *refused = 0;
     struct wr_broker *b = ex->vh->broker;
     if (msg->body.len > b->max_message_size)
         return wr_error_set(err, WR_ELIMIT,
@@ -119,10 +122,14 @@ int wr_publish(struct wr_exchange *ex, struct wr_msg *msg, struct wr_error *err)
         return wr_error_set(err, WR_ENOMEM, "out of memory routing a message");
     }
     int stored = 0;
-    for (size_t i = 0; i < r.n_queues; i++)
+    for (size_t i = 0; i < r.n_queues; i++) {
         if (queue_store(r.queues[i], msg, NULL) == WR_OK)
             stored++;
+        else if (refused)
+            (*refused)++;
+    }
     route_fini(&r);
+    alarm_check(b);
     return stored;
 }
 

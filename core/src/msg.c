@@ -6,6 +6,8 @@
  */
 #include "warren/msg.h"
 
+#include "broker_int.h"
+
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,13 +39,14 @@ void wr_buf_unref(struct wr_buf *b)
         free(b);
 }
 
-enum { MSG_NSTR = 12 };
+enum { MSG_NSTR = 13 };
 
 /* The message's string fields, in the order they are packed after the struct. */
 static void msg_strings(struct wr_msg *m, struct wr_str *out[MSG_NSTR])
 {
     struct wr_str *s[MSG_NSTR] = {
-        &m->routing_key,          &m->key,
+        &m->exchange,             &m->routing_key,
+        &m->key,
         &m->props.content_type,   &m->props.content_encoding,
         &m->props.correlation_id, &m->props.reply_to,
         &m->props.expiration,     &m->props.message_id,
@@ -53,7 +56,7 @@ static void msg_strings(struct wr_msg *m, struct wr_str *out[MSG_NSTR])
     memcpy(out, s, sizeof s);
 }
 
-static int64_t now_ms(void)
+int64_t wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -68,6 +71,9 @@ int wr_msg_new(const struct wr_msg_init *init, struct wr_msg **out, struct wr_er
     if (!tmpl.routing_key.ptr)
         tmpl.routing_key = (struct wr_str){"", 0};
     tmpl.key = init->key;
+    tmpl.exchange = init->exchange;
+    if (!tmpl.exchange.ptr)
+        tmpl.exchange = (struct wr_str){"", 0};
     if (init->props)
         tmpl.props = *init->props;
 
@@ -122,7 +128,7 @@ int wr_msg_new(const struct wr_msg_init *init, struct wr_msg **out, struct wr_er
     }
 
     m->refs = 1;
-    m->timestamp_ms = init->timestamp_ms ? init->timestamp_ms : now_ms();
+    m->timestamp_ms = init->timestamp_ms ? init->timestamp_ms : wall_ms();
     m->size = sizeof *m + strbytes + m->body.len;
     atomic_fetch_add_explicit(&bytes_live, m->size, memory_order_relaxed);
     *out = m;

@@ -77,13 +77,18 @@ static bool tagset_del(struct tagset *s, uint64_t tag)
 
 /* ---- queues ------------------------------------------------------------------------- */
 
+static void queue_destroy(struct wr_queue *q);
+static void queue_expires_fire(struct wr_loop *lp, void *data);
+
 void wr_queue_decl_init(struct wr_queue_decl *decl, const char *name)
 {
     *decl = (struct wr_queue_decl){.name = name,
                                    .max_length = -1,
                                    .max_length_bytes = -1,
                                    .overflow = WR_OVERFLOW_DROP_HEAD,
-                                   .partitions = 1};
+                                   .partitions = 1,
+                                   .message_ttl_ms = -1,
+                                   .expires_ms = -1};
 }
 
 /* A file-system-safe form of a name: bytes outside [A-Za-z0-9._-] become %XX, so vhost "/"
@@ -107,10 +112,10 @@ static void path_escape(char *out, size_t len, const char *name)
     out[n] = '\0';
 }
 
+/* A message max-length pushed out of the queue. */
 static void storage_dropped(void *owner, struct wr_msg *msg)
 {
-    (void)owner; /* dead-lettering joins here with the AMQP transport */
-    wr_msg_unref(msg);
+    dead_letter(owner, msg, "maxlen");
 }
 
 /* "amq.gen-" and 22 URL-safe base64 characters of randomness, as RabbitMQ names them. */
@@ -128,6 +133,11 @@ static void gen_name(char out[32])
     for (size_t i = 0; i < sizeof rnd; i++)
         out[8 + i] = b64[rnd[i] & 63];
     out[30] = '\0';
+}
+
+static bool same_str(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
 }
 
 static int queue_equivalent(const struct wr_queue *q, const struct wr_queue_decl *d,
@@ -148,6 +158,14 @@ static int queue_equivalent(const struct wr_queue *q, const struct wr_queue_decl
         what = "max_length_bytes (x-max-length-bytes)";
     else if (q->overflow != d->overflow)
         what = "overflow (x-overflow)";
+    else if (q->message_ttl_ms != d->message_ttl_ms)
+        what = "x-message-ttl";
+    else if (q->expires_ms != d->expires_ms)
+        what = "x-expires";
+    else if (!same_str(q->dlx, d->dead_letter_exchange))
+        what = "x-dead-letter-exchange";
+    else if (!same_str(q->dlrk, d->dead_letter_routing_key))
+        what = "x-dead-letter-routing-key";
     if (what)
         return wr_error_set(err, WR_EEXIST,
                             "inequivalent arg '%s' for queue '%s' in vhost '%s': it exists "
@@ -158,6 +176,8 @@ static int queue_equivalent(const struct wr_queue *q, const struct wr_queue_decl
 
 static void queue_release(struct wr_queue *q)
 {
+    free(q->dlx);
+    free(q->dlrk);
     wr_table_free(q->args);
     free(q->consumers);
     free(q->storage);
@@ -188,6 +208,8 @@ int wr_queue_declare(struct wr_vhost *vh, const struct wr_queue_decl *decl,
                                 "vhost '%s'",
                                 name, vh->name);
         int rc = queue_equivalent(q, decl, storage, err);
+        if (rc == WR_OK)
+            q->used_at = wall_ms();
         if (rc == WR_OK && out)
             *out = q;
         return rc;
@@ -200,7 +222,9 @@ int wr_queue_declare(struct wr_vhost *vh, const struct wr_queue_decl *decl,
                             name, storage);
     q = calloc(1, sizeof *q);
     if (!q || !(q->name = strdup(name)) || !(q->storage = strdup(storage)) ||
-        !(q->args = wr_table_dup(decl->args))) {
+        !(q->args = wr_table_dup(decl->args)) ||
+        (decl->dead_letter_exchange && !(q->dlx = strdup(decl->dead_letter_exchange))) ||
+        (decl->dead_letter_routing_key && !(q->dlrk = strdup(decl->dead_letter_routing_key)))) {
         if (q)
             queue_release(q);
         return wr_error_set(err, WR_ENOMEM, "out of memory declaring queue '%s'", name);
@@ -217,6 +241,9 @@ int wr_queue_declare(struct wr_vhost *vh, const struct wr_queue_decl *decl,
     q->max_length_bytes = decl->max_length_bytes;
     q->overflow = decl->overflow;
     q->partitions = decl->partitions ? decl->partitions : 1;
+    q->message_ttl_ms = decl->message_ttl_ms;
+    q->expires_ms = decl->expires_ms;
+    q->used_at = wall_ms();
 
     char vdir[256], qdir[768], dir[4096];
     path_escape(vdir, sizeof vdir, vh->name);
@@ -254,6 +281,9 @@ int wr_queue_declare(struct wr_vhost *vh, const struct wr_queue_decl *decl,
         queue_release(q);
         return rc;
     }
+    if (q->expires_ms >= 0)
+        q->expires_timer = wr_loop_timer_add(vh->broker->lp, (uint64_t)q->expires_ms,
+                                             queue_expires_fire, q);
     if (out)
         *out = q;
     return WR_OK;
@@ -287,6 +317,12 @@ static void consumer_free(struct wr_consumer *c)
 static void queue_destroy(struct wr_queue *q)
 {
     q->deleted = true;
+    struct wr_loop *lp = q->vh->broker->lp;
+    if (q->ttl_timer)
+        wr_loop_timer_del(lp, q->ttl_timer);
+    if (q->expires_timer)
+        wr_loop_timer_del(lp, q->expires_timer);
+    q->ttl_timer = q->expires_timer = 0;
     while (q->n_consumers) {
         struct wr_consumer *c = q->consumers[--q->n_consumers];
         if (HAS_OP(c->ops, struct wr_consumer_ops, cancelled))
@@ -336,6 +372,24 @@ void queue_free_all(struct wr_vhost *vh)
     free(all);
 }
 
+void wr_vhost_delete_owned(struct wr_vhost *vh, const void *owner)
+{
+    size_t n = 0;
+    struct wr_queue **owned = malloc((vh->queues.count + 1) * sizeof *owned);
+    if (!owned) {
+        wr_log(WR_LOG_ERROR, "queue", "out of memory deleting a connection's exclusive queues");
+        return;
+    }
+    for (size_t i = 0; i < vh->queues.cap; i++) {
+        struct wr_queue *q = vh->queues.slots[i].val;
+        if (vh->queues.slots[i].key && q->exclusive && q->owner == owner)
+            owned[n++] = q;
+    }
+    for (size_t i = 0; i < n; i++)
+        queue_destroy(owned[i]);
+    free(owned);
+}
+
 uint64_t wr_queue_purge(struct wr_queue *q)
 {
     return q->deleted ? 0 : q->ops->purge(q->state);
@@ -352,17 +406,113 @@ uint64_t wr_queue_unacked(const struct wr_queue *q)
 }
 
 uint32_t wr_queue_consumer_count(const struct wr_queue *q) { return q->n_consumers; }
+const struct wr_table *wr_queue_args(const struct wr_queue *q) { return q->args; }
 const char *wr_queue_name(const struct wr_queue *q) { return q->name; }
 const void *wr_queue_owner(const struct wr_queue *q) { return q->owner; }
 bool wr_queue_is_durable(const struct wr_queue *q) { return q->durable; }
 bool wr_queue_is_deleted(const struct wr_queue *q) { return q->deleted; }
 
+/* ---- expiry: message TTL and queue x-expires --------------------------------------- */
+
+/* When msg expires in q (ms since the epoch), or INT64_MAX: the queue's x-message-ttl or the
+ * message's expiration property, whichever comes first. The transport rejects malformed
+ * expirations at publish; one that is not a number here never expires. */
+static int64_t msg_expiry(const struct wr_queue *q, const struct wr_msg *m)
+{
+    int64_t at = INT64_MAX;
+    if (q->message_ttl_ms >= 0)
+        at = m->timestamp_ms + q->message_ttl_ms;
+    const struct wr_str *e = &m->props.expiration;
+    if (e->ptr && e->len > 0 && e->len < 19) {
+        int64_t ttl = 0;
+        size_t i = 0;
+        while (i < e->len && e->ptr[i] >= '0' && e->ptr[i] <= '9')
+            ttl = ttl * 10 + (e->ptr[i++] - '0');
+        if (i == e->len && m->timestamp_ms + ttl < at)
+            at = m->timestamp_ms + ttl;
+    }
+    return at;
+}
+
+static void ttl_fire(struct wr_loop *lp, void *data);
+
+/* Arms q's TTL timer for at, unless it already fires sooner. A message expires once the
+ * clock has passed its expiry, so a TTL of 0 still reaches a consumer that is waiting. */
+static void ttl_arm(struct wr_queue *q, int64_t at)
+{
+    if (at == INT64_MAX || q->deleted || (q->ttl_timer && q->ttl_at <= at))
+        return;
+    struct wr_loop *lp = q->vh->broker->lp;
+    if (q->ttl_timer)
+        wr_loop_timer_del(lp, q->ttl_timer);
+    int64_t delay = at - wall_ms() + 1;
+    q->ttl_at = at;
+    q->ttl_timer = wr_loop_timer_add(lp, delay > 0 ? (uint64_t)delay : 0, ttl_fire, q);
+}
+
+/* Drops expired messages from the head, dead-lettering them, as RabbitMQ does: a message
+ * behind one that lives longer waits for it. */
+static void expire_head(struct wr_queue *q)
+{
+    if (!HAS_OP(q->ops, struct wr_storage_ops, peek))
+        return;
+    int64_t now = wall_ms();
+    const struct wr_msg *m;
+    while (!q->deleted && (m = q->ops->peek(q->state)) && msg_expiry(q, m) < now) {
+        struct wr_stored st;
+        if (q->ops->next(q->state, &st) != WR_OK)
+            break;
+        struct wr_msg *msg = wr_msg_ref(st.msg);
+        q->ops->ack(q->state, st.tag);
+        sync_mark_dirty(q);
+        dead_letter(q, msg, "expired");
+    }
+}
+
+static void ttl_fire(struct wr_loop *lp, void *data)
+{
+    (void)lp;
+    struct wr_queue *q = data;
+    q->ttl_timer = 0;
+    expire_head(q);
+    const struct wr_msg *m = q->deleted ? NULL : q->ops->peek(q->state);
+    if (m)
+        ttl_arm(q, msg_expiry(q, m));
+}
+
+/* x-expires: deletes the queue once it has gone unused (no consumers, no get, no redeclare)
+ * for expires_ms. The timer re-arms itself for the time left rather than on every use. */
+static void queue_expires_fire(struct wr_loop *lp, void *data)
+{
+    struct wr_queue *q = data;
+    q->expires_timer = 0;
+    int64_t idle = wall_ms() - q->used_at;
+    if (q->n_consumers || idle < q->expires_ms) {
+        int64_t left = q->n_consumers ? q->expires_ms : q->expires_ms - idle;
+        q->expires_timer = wr_loop_timer_add(lp, (uint64_t)left, queue_expires_fire, q);
+        return;
+    }
+    wr_log(WR_LOG_INFO, "queue", "queue '%s' in vhost '%s' expired after %lld ms unused",
+           q->name, q->vh->name, (long long)q->expires_ms);
+    queue_destroy(q);
+}
+
 int queue_store(struct wr_queue *q, struct wr_msg *msg, struct wr_error *err)
 {
     int rc = q->ops->enqueue(q->state, msg, err);
-    if (rc == WR_OK && q->n_consumers)
+    if (rc != WR_OK)
+        return rc;
+    sync_mark_dirty(q);
+    if (q->message_ttl_ms >= 0 || msg->props.expiration.ptr) {
+        const struct wr_msg *head = HAS_OP(q->ops, struct wr_storage_ops, peek)
+                                        ? q->ops->peek(q->state)
+                                        : NULL;
+        if (head)
+            ttl_arm(q, msg_expiry(q, head));
+    }
+    if (q->n_consumers)
         queue_schedule(q);
-    return rc;
+    return WR_OK;
 }
 
 /* ---- dispatch ----------------------------------------------------------------------- */
@@ -396,6 +546,8 @@ static void queue_dispatch(struct wr_queue *q)
     struct wr_consumer *c;
     while (!q->deleted && (c = next_consumer(q))) {
         struct wr_stored st;
+        if (q->ttl_timer)
+            expire_head(q);
         if (q->ops->next(q->state, &st) != WR_OK)
             break;
         if (!c->no_ack && !tagset_add(&c->unacked, st.tag)) {
@@ -496,6 +648,7 @@ int wr_queue_consume(struct wr_queue *q, const struct wr_consumer_ops *ops,
     c->no_ack = args->no_ack;
     c->exclusive = args->exclusive;
     q->consumers[q->n_consumers++] = c;
+    q->used_at = wall_ms();
     q->had_consumer = true;
     queue_schedule(q);
     *out = c;
@@ -507,7 +660,26 @@ static int settle(struct wr_queue *q, uint64_t tag, bool ack, bool requeue,
 {
     if (q->deleted)
         return wr_error_set(err, WR_ENOTFOUND, "queue '%s' was deleted", q->name);
-    int rc = ack || !requeue ? q->ops->ack(q->state, tag) : q->ops->requeue(q->state, tag);
+    int rc;
+    struct wr_msg *dead = NULL;
+    if (ack)
+        rc = q->ops->ack(q->state, tag);
+    else if (requeue)
+        rc = q->ops->requeue(q->state, tag);
+    else if (q->dlx && HAS_OP(q->ops, struct wr_storage_ops, take))
+        rc = q->ops->take(q->state, tag, &dead);
+    else
+        rc = q->ops->ack(q->state, tag);
+    if (dead)
+        dead_letter(q, dead, "rejected");
+    if (rc == WR_OK)
+        sync_mark_dirty(q);
+    if (rc == WR_OK && requeue && !ack && q->ttl_timer == 0 &&
+        HAS_OP(q->ops, struct wr_storage_ops, peek)) {
+        const struct wr_msg *head = q->ops->peek(q->state);
+        if (head)
+            ttl_arm(q, msg_expiry(q, head));
+    }
     if (rc != WR_OK)
         return wr_error_set(err, WR_ENOTFOUND, "unknown delivery tag %llu on queue '%s'",
                             (unsigned long long)tag, q->name);
@@ -559,6 +731,7 @@ void wr_consumer_cancel(struct wr_consumer *c, bool requeue_unacked)
         consumer_free(c);
     if (q->deleted)
         return;
+    q->used_at = wall_ms();
     if (q->auto_delete && q->had_consumer && !q->n_consumers)
         queue_destroy(q);
     else if (q->n_consumers)
@@ -584,6 +757,8 @@ int wr_queue_get(struct wr_queue *q, bool no_ack, struct wr_delivery *d, struct 
 {
     if (q->deleted)
         return wr_error_set(err, WR_ENOTFOUND, "queue '%s' was deleted", q->name);
+    q->used_at = wall_ms();
+    expire_head(q);
     struct wr_stored st;
     if (q->ops->next(q->state, &st) != WR_OK)
         return WR_ENOTFOUND;

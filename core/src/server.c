@@ -145,6 +145,10 @@ static int declare_vhost(struct wr_server *srv, const struct wr_config *cfg,
         decl.max_length_bytes = cq->max_length_bytes;
         decl.overflow = cq->overflow;
         decl.partitions = cq->partitions;
+        decl.message_ttl_ms = cq->message_ttl_ms;
+        decl.expires_ms = cq->expires_ms;
+        decl.dead_letter_exchange = cq->dead_letter_exchange;
+        decl.dead_letter_routing_key = cq->dead_letter_routing_key;
         decl.options = opts;
         rc = wr_queue_declare(vh, &decl, NULL, err);
         wr_table_free(opts);
@@ -206,6 +210,7 @@ int wr_server_new(const struct wr_config *cfg, const struct wr_server_opts *opts
         return rc;
     }
     wr_broker_set_max_message_size(srv->b, cfg->max_message_size);
+    wr_broker_set_memory_high_watermark(srv->b, cfg->memory_high_watermark);
 
     char exe_dir[PATH_MAX], installed_dir[PATH_MAX];
     const char *fallback[4];

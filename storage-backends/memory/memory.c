@@ -295,16 +295,23 @@ static int mem_next(void *state, struct wr_stored *out)
     return WR_OK;
 }
 
-static int mem_ack(void *state, uint64_t tag)
+static int mem_take(void *state, uint64_t tag, struct wr_msg **out)
 {
     struct mem_queue *q = state;
     struct mem_slot *s = mem_slot_find(q, tag);
     if (!s)
         return WR_ENOTFOUND;
-    struct wr_msg *msg = s->msg;
+    *out = s->msg;
     mem_slot_del(q, s);
-    wr_msg_unref(msg);
     return WR_OK;
+}
+
+static int mem_ack(void *state, uint64_t tag)
+{
+    struct wr_msg *msg = NULL;
+    int rc = mem_take(state, tag, &msg);
+    wr_msg_unref(msg);
+    return rc;
 }
 
 /* A requeued message counts as ready again, so under drop-head it may push the queue past
@@ -333,6 +340,12 @@ static uint64_t mem_purge(void *state)
     return n;
 }
 
+static const struct wr_msg *mem_peek(void *state)
+{
+    struct mem_queue *q = state;
+    return q->count ? mem_at(q, 0)->msg : NULL;
+}
+
 static uint64_t mem_depth(void *state)
 {
     return ((struct mem_queue *)state)->count;
@@ -356,6 +369,8 @@ static const struct wr_storage_ops ops = {
     .depth = mem_depth,
     .unacked = mem_unacked,
     .sync = NULL,
+    .peek = mem_peek,
+    .take = mem_take,
 };
 
 WR_PLUGIN_DEFINE(.kind = WR_PLUGIN_STORAGE, .name = "memory", .version = WR_VERSION_STRING,

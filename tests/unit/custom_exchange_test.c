@@ -90,7 +90,7 @@ Test(custom_exchange, publish_stores_in_the_chosen_queue)
                                .body_len = 1};
     struct wr_msg *msg;
     cr_assert_eq(wr_msg_new(&init, &msg, NULL), WR_OK);
-    cr_assert_eq(wr_publish(wr_exchange_find(vh, "shards"), msg, NULL), 1);
+    cr_assert_eq(wr_publish(wr_exchange_find(vh, "shards"), msg, NULL, NULL), 1);
     wr_msg_unref(msg);
     cr_assert_eq(wr_queue_depth(q), 1);
 }

@@ -73,7 +73,7 @@ int tu_publish(struct tu_broker *t, const char *ex_name, const char *routing_key
     cr_assert_not_null(ex, "no exchange '%s'", ex_name);
     struct wr_msg *msg = tu_msg(routing_key, body, headers);
     struct wr_error err = {0};
-    int n = wr_publish(ex, msg, &err);
+    int n = wr_publish(ex, msg, NULL, &err);
     wr_msg_unref(msg);
     return n;
 }

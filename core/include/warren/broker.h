@@ -66,6 +66,33 @@ WR_API uint16_t wr_broker_listener_port(const struct wr_broker *b, unsigned n);
 /* Gracefully stops every listener, in reverse start order. */
 WR_API void wr_broker_stop_listeners(struct wr_broker *b);
 
+/* ---- memory alarm ------------------------------------------------------------------ */
+
+/* Raises the memory alarm while the bytes held by live messages (wr_msg_bytes_live) are at
+ * or above bytes; 0 turns it off. The broker checks on every publish and every 50 ms. */
+WR_API void wr_broker_set_memory_high_watermark(struct wr_broker *b, uint64_t bytes);
+WR_API bool wr_broker_memory_alarm(const struct wr_broker *b);
+
+struct wr_alarm_watch;
+/* cb(data, raised) runs on the loop whenever the alarm is raised or cleared (never inside
+ * wr_publish's stack). Transports use it for AMQP connection.blocked / unblocked. */
+typedef void wr_alarm_cb(void *data, bool raised);
+WR_API struct wr_alarm_watch *wr_broker_alarm_watch(struct wr_broker *b, wr_alarm_cb *cb,
+                                                    void *data);
+WR_API void wr_broker_alarm_unwatch(struct wr_alarm_watch *w);
+
+/* ---- durability barrier ------------------------------------------------------------ */
+
+struct wr_sync;
+/* Publisher confirms: cb(data, status) runs on the loop, never inside this call, once every
+ * message stored and every ack made so far, in any queue, is as durable as its queue is
+ * configured (group commit: one barrier covers a whole batch). A transport confirms every
+ * publish it made before the call. Returns a handle for wr_sync_cancel, or NULL out of
+ * memory. */
+WR_API struct wr_sync *wr_broker_sync(struct wr_broker *b, wr_storage_sync_cb *cb, void *data);
+/* The callback will not run (the connection went away). Only before it ran. */
+WR_API void wr_sync_cancel(struct wr_sync *s);
+
 /* ---- users ------------------------------------------------------------------------- */
 
 WR_API int wr_broker_user_add(struct wr_broker *b, const char *name, const char *password,
@@ -126,11 +153,18 @@ struct wr_queue_decl {
     int64_t max_length_bytes;     /* -1: none */
     enum wr_overflow overflow;
     uint32_t partitions;          /* 0: 1 */
+    int64_t message_ttl_ms;       /* x-message-ttl: messages expire this long after publish;
+                                   * -1: none */
+    int64_t expires_ms;           /* x-expires: the queue is deleted once unused (no
+                                   * consumers, no get, no redeclare) this long; -1: none */
+    const char *dead_letter_exchange;    /* x-dead-letter-exchange; NULL: none */
+    const char *dead_letter_routing_key; /* NULL: the message's own routing key */
     const struct wr_table *args;  /* declare arguments, kept as given; may be NULL */
     const struct wr_table *options; /* the storage plugin's options; may be NULL */
 };
 
-/* Initializes decl with RabbitMQ's defaults: no limits, drop-head, memory storage. */
+/* Initializes decl with RabbitMQ's defaults: no limits, no TTL, no expiry, no
+ * dead-lettering, drop-head, memory storage. */
 WR_API void wr_queue_decl_init(struct wr_queue_decl *decl, const char *name);
 
 /* Declares a queue and binds it to the default exchange by its name; an existing one with
@@ -150,6 +184,8 @@ WR_API uint64_t wr_queue_purge(struct wr_queue *q);
 WR_API uint64_t wr_queue_depth(const struct wr_queue *q);
 WR_API uint64_t wr_queue_unacked(const struct wr_queue *q);
 WR_API uint32_t wr_queue_consumer_count(const struct wr_queue *q);
+/* The arguments the queue was declared with (AMQP's x-... table); never NULL. */
+WR_API const struct wr_table *wr_queue_args(const struct wr_queue *q);
 WR_API const char *wr_queue_name(const struct wr_queue *q);
 WR_API const void *wr_queue_owner(const struct wr_queue *q);
 WR_API bool wr_queue_is_durable(const struct wr_queue *q);
@@ -159,6 +195,9 @@ WR_API bool wr_queue_is_durable(const struct wr_queue *q);
 WR_API struct wr_queue *wr_queue_ref(struct wr_queue *q);
 WR_API void wr_queue_unref(struct wr_queue *q);
 WR_API bool wr_queue_is_deleted(const struct wr_queue *q);
+
+/* Deletes every queue of vh declared exclusive to owner (its connection closed). */
+WR_API void wr_vhost_delete_owned(struct wr_vhost *vh, const void *owner);
 
 /* ---- bindings ---------------------------------------------------------------------- */
 
@@ -182,10 +221,17 @@ WR_API uint32_t wr_exchange_binding_count(const struct wr_exchange *ex);
 
 /* Routes msg through ex (and the exchanges bound to it, each at most once) and stores it in
  * every matching queue, each at most once. msg is borrowed; queues take references.
- * Returns how many queues stored it (0: unroutable, for AMQP's mandatory flag), or a
- * negative error: WR_ELIMIT when it exceeds the broker's maximum message size. A queue that
- * refuses it (reject-publish overflow) is not counted and does not fail the publish. */
-WR_API int wr_publish(struct wr_exchange *ex, struct wr_msg *msg, struct wr_error *err);
+ * Returns how many queues stored it (0 and *refused 0: unroutable, for AMQP's mandatory
+ * flag), or a negative error: WR_ELIMIT when it exceeds the broker's maximum message size.
+ * A queue that refuses it (reject-publish overflow) is not counted and does not fail the
+ * publish; *refused (refused may be NULL) gets how many did, for publisher confirms' nack.
+ *
+ * Expiry: a message expires message_ttl_ms after msg->timestamp_ms in a queue with a TTL,
+ * or after its AMQP expiration property (milliseconds as a decimal string), whichever is
+ * sooner; expired messages are dropped from the head of the queue (dead-lettered if the queue
+ * has a dead-letter exchange), as RabbitMQ does. */
+WR_API int wr_publish(struct wr_exchange *ex, struct wr_msg *msg, uint32_t *refused,
+                      struct wr_error *err);
 
 /* Routes msg through ex as wr_publish would, without storing it: fills out[0..max) with the
  * distinct queues it reaches and returns how many there are (may exceed max). For
@@ -231,7 +277,8 @@ WR_API int wr_queue_consume(struct wr_queue *q, const struct wr_consumer_ops *op
 /* Settles one delivery. WR_ENOTFOUND: not unacked by this consumer. */
 WR_API int wr_consumer_ack(struct wr_consumer *c, uint64_t tag, struct wr_error *err);
 /* Negative ack (AMQP nack and reject): requeue at its original place with the redelivered
- * flag, or drop it. */
+ * flag, or drop it (dead-lettered with reason "rejected" if the queue has a dead-letter
+ * exchange). */
 WR_API int wr_consumer_nack(struct wr_consumer *c, uint64_t tag, bool requeue,
                             struct wr_error *err);
 /* Stops the consumer and frees it. With requeue_unacked its unacked deliveries go back to

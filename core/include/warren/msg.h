@@ -1,10 +1,11 @@
 /*
  * msg.h: reference-counted byte buffers, slices of them, and messages.
  *
- * A message is immutable after wr_msg_new(): routing key, key (Kafka's record key), headers,
- * properties, body and timestamp. Its strings live in one allocation with the message, its
- * headers in a deep copy of their own; its body is a slice that holds a reference on the
- * buffer it arrived in, so a transport can hand the broker its receive buffer without a copy.
+ * A message is immutable after wr_msg_new(): exchange, routing key, key (Kafka's record key),
+ * headers, properties, body and timestamp. Its strings live in one allocation with the
+ * message, its headers in a deep copy of their own; its body is a slice that holds a
+ * reference on the buffer it arrived in, so a transport can hand the broker its receive
+ * buffer without a copy.
  *
  * Reference counts are not atomic: messages and buffers are touched on the loop thread only.
  */
@@ -68,6 +69,7 @@ enum wr_prop_flag {
     WR_PROP_DELIVERY_MODE = 1 << 0,
     WR_PROP_PRIORITY = 1 << 1,
     WR_PROP_TIMESTAMP = 1 << 2,
+    WR_PROP_HEADERS = 1 << 3, /* the publisher sent a headers table, possibly empty */
 };
 
 struct wr_props {
@@ -89,6 +91,7 @@ struct wr_props {
 
 struct wr_msg {
     uint32_t refs;                  /* owned by wr_msg_ref / wr_msg_unref */
+    struct wr_str exchange;         /* the exchange it was published to; never absent */
     struct wr_str routing_key;      /* never absent; may be empty */
     struct wr_str key;              /* Kafka record key; absent for most AMQP messages */
     const struct wr_table *headers; /* never NULL; may be empty */
@@ -101,6 +104,7 @@ struct wr_msg {
 /* What wr_msg_new copies from. Everything is borrowed. The body is either a slice (a new
  * reference is taken, no copy) or, when body.buf is NULL, body_ptr/body_len (copied). */
 struct wr_msg_init {
+    struct wr_str exchange;         /* absent: "" */
     struct wr_str routing_key;
     struct wr_str key;
     const struct wr_table *headers; /* may be NULL */

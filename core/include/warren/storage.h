@@ -86,6 +86,14 @@ struct wr_storage_ops {
     /* Optional: calls cb(data, status) on the loop thread once everything enqueued and acked
      * so far is as durable as the queue is configured to be. NULL: durable on return. */
     int (*sync)(void *state, wr_storage_sync_cb *cb, void *data);
+    /* Optional: the head ready message (the one next() would hand out), borrowed, or NULL.
+     * Lets the core expire messages (TTL) from queues nobody consumes; without it they
+     * expire only when handed out. */
+    const struct wr_msg *(*peek)(void *state);
+    /* Optional: deletes an unacked message as ack does, handing the caller the storage's
+     * reference instead of dropping it (the core dead-letters rejected messages with it).
+     * WR_ENOTFOUND for an unknown tag. Without it, rejected messages are not dead-lettered. */
+    int (*take)(void *state, uint64_t tag, struct wr_msg **out);
 };
 
 WR_END_DECLS

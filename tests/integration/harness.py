@@ -1,0 +1,107 @@
+"""harness.py: start the real `warren` binary on a free loopback port for integration tests.
+
+    with Warren(bin, plugin_dir, extra_yaml="") as w:
+        w.port          # the AMQP port it listens on (127.0.0.1)
+        w.log()         # what it printed so far
+
+Run under /usr/bin/python3 (Debian's client libraries live there). The broker is stopped by
+its PID with SIGTERM; a broker that does not exit in 10 s is killed and the test fails.
+"""
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 right now (the kernel picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=15.0, proc=None):
+    """Waits until 127.0.0.1:port accepts a connection; raises on timeout or if proc died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("server exited with status %d before listening" % proc.returncode)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError("nothing listens on 127.0.0.1:%d after %.0f s" % (port, timeout))
+
+
+def wait_for(cond, timeout=10.0, what="condition"):
+    """Polls cond() until it is true; raises TimeoutError naming what after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.01)
+    raise TimeoutError("timed out after %.0f s waiting for %s" % (timeout, what))
+
+
+class Warren:
+    """The warren binary with an AMQP listener on a free port. extra_yaml is appended to the
+    config (for vhosts:, users: ...); broker_yaml lines go under broker:; amqp_options is a
+    YAML flow mapping for the listener's options."""
+
+    def __init__(self, binary, plugin_dir, extra_yaml="", broker_yaml="", amqp_options=None,
+                 env=None):
+        self.binary = binary
+        self.plugin_dir = plugin_dir
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="warren-it-")
+        self.config = os.path.join(self.dir, "warren.yaml")
+        opts = (", options: %s" % amqp_options) if amqp_options else ""
+        with open(self.config, "w") as f:
+            f.write("broker:\n  data_dir: %s\n  plugin_dirs: [%s]\n%s"
+                    "listeners:\n  - {transport: amqp091, host: 127.0.0.1, port: %d%s}\n%s"
+                    % (os.path.join(self.dir, "data"), plugin_dir,
+                       "".join("  %s\n" % l for l in broker_yaml.splitlines() if l),
+                       self.port, opts, extra_yaml))
+        self.logfile = open(os.path.join(self.dir, "warren.log"), "w+")
+        self.env = dict(os.environ, **(env or {}))
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen([self.binary, self.config], stdout=self.logfile,
+                                     stderr=subprocess.STDOUT, env=self.env)
+        wait_port(self.port, proc=self.proc)
+        return self
+
+    def log(self):
+        self.logfile.flush()
+        with open(self.logfile.name) as f:
+            return f.read()
+
+    def stop(self):
+        """SIGTERM, then waits; returns the exit status. Kills (and raises) after 10 s."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError("warren did not exit within 10 s of SIGTERM:\n" + self.log())
+        status = self.proc.returncode
+        self.proc = None
+        return status
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        status = self.stop()
+        self.logfile.close()
+        if exc[0] is None and status not in (0, None):
+            raise RuntimeError("warren exited with status %s:\n%s" % (status, self.log()))
+        return False
