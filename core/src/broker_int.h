@@ -46,6 +46,7 @@ struct wr_broker {
     uint64_t route_epoch;        /* marks destinations already in the current route set */
     struct wr_queue *dispatch;   /* queues waiting for a dispatch pass, singly linked */
     bool dispatch_deferred;
+    int64_t dispatch_ms;         /* when the pending dispatch pass was scheduled */
     bool freeing;                /* wr_broker_free runs: no more dead letters */
     struct dead_letter *dead, *dead_tail; /* waiting to be republished (deadletter.c) */
     bool dead_deferred;

@@ -1676,9 +1676,9 @@ static void print_vhost(FILE *out, const struct cfg_vhost *vh)
         if (q->expires_ms >= 0)
             fprintf(out, ", expires %" PRId64 "ms", q->expires_ms);
         if (q->dead_letter_exchange)
-            fprintf(out, ", dead_letter_exchange %s", q->dead_letter_exchange);
+            fprintf(out, ", dead_letter_exchange \"%s\"", q->dead_letter_exchange);
         if (q->dead_letter_routing_key)
-            fprintf(out, ", dead_letter_routing_key %s", q->dead_letter_routing_key);
+            fprintf(out, ", dead_letter_routing_key \"%s\"", q->dead_letter_routing_key);
         print_options(out, "options", q->options);
         fputc('\n', out);
     }
@@ -1705,7 +1705,8 @@ void wr_config_print(const struct wr_config *cfg, FILE *out)
     fprintf(out, "\n  log_level: %s\n  max_message_size: %s\n",
             log_level_names[cfg->log_level], size_text(cfg->max_message_size, buf, sizeof(buf)));
     fprintf(out, "  memory_high_watermark: %s\n",
-            size_text(cfg->memory_high_watermark, buf, sizeof(buf)));
+            cfg->memory_high_watermark ? size_text(cfg->memory_high_watermark, buf, sizeof(buf))
+                                       : "0 (off)");
     fprintf(out, "plugins:%s\n", cfg->n_plugins ? "" : " none");
     for (size_t i = 0; i < cfg->n_plugins; i++)
         fprintf(out, "  %s: %s\n", cfg->plugins[i].name,

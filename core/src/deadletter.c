@@ -32,9 +32,10 @@ static bool str_is(const struct wr_value *v, const char *s, size_t len)
            memcmp(v->u.s.ptr, s, len) == 0;
 }
 
-/* The x-death entry for (queue, reason), as a new table with count. */
+/* A new x-death entry for a death in q for reason. Its fields are in name order, as
+ * RabbitMQ sorts them. */
 static struct wr_table *death_entry(const struct wr_queue *q, const struct wr_msg *msg,
-                                    const char *reason, int64_t count)
+                                    const char *reason)
 {
     struct wr_table *t = wr_table_new();
     struct wr_array *keys = wr_array_new();
@@ -43,21 +44,18 @@ static struct wr_table *death_entry(const struct wr_queue *q, const struct wr_ms
     struct wr_value v = wr_value_strn(msg->routing_key.ptr, msg->routing_key.len);
     if (wr_array_add(keys, &v) != WR_OK)
         goto fail;
-    struct wr_value count_v = {.type = WR_V_I64, .u.i = count};
+    struct wr_value count_v = {.type = WR_V_I64, .u.i = 1};
     struct wr_value time_v = {.type = WR_V_TIMESTAMP, .u.i = (int64_t)time(NULL)};
     struct wr_value keys_v = {.type = WR_V_ARRAY, .u.array = keys};
     struct wr_value reason_v = wr_value_str(reason);
     struct wr_value queue_v = wr_value_str(q->name);
     struct wr_value ex_v = wr_value_strn(msg->exchange.ptr, msg->exchange.len);
-    if (wr_table_add(t, "count", &count_v) || wr_table_add(t, "reason", &reason_v) ||
-        wr_table_add(t, "queue", &queue_v) || wr_table_add(t, "time", &time_v) ||
-        wr_table_add(t, "exchange", &ex_v) || wr_table_add(t, "routing-keys", &keys_v))
+    struct wr_value exp_v = wr_value_strn(msg->props.expiration.ptr, msg->props.expiration.len);
+    if (wr_table_add(t, "count", &count_v) || wr_table_add(t, "exchange", &ex_v) ||
+        (msg->props.expiration.ptr && wr_table_add(t, "original-expiration", &exp_v)) ||
+        wr_table_add(t, "queue", &queue_v) || wr_table_add(t, "reason", &reason_v) ||
+        wr_table_add(t, "routing-keys", &keys_v) || wr_table_add(t, "time", &time_v))
         goto fail;
-    if (msg->props.expiration.ptr) {
-        v = wr_value_strn(msg->props.expiration.ptr, msg->props.expiration.len);
-        if (wr_table_add(t, "original-expiration", &v))
-            goto fail;
-    }
     wr_array_free(keys);
     return t;
 fail:
@@ -67,8 +65,8 @@ fail:
 }
 
 /* msg's headers with x-death updated for a death in q for reason: a new entry in front, or
- * the existing (queue, reason) entry moved to the front with its count raised. NULL: out of
- * memory. */
+ * the existing (queue, reason) entry moved to the front with only its count raised (the rest
+ * stays as at the first such death, as in RabbitMQ). NULL: out of memory. */
 static struct wr_table *death_headers(const struct wr_queue *q, const struct wr_msg *msg,
                                       const char *reason)
 {
@@ -78,25 +76,27 @@ static struct wr_table *death_headers(const struct wr_queue *q, const struct wr_
     if (!h || !deaths)
         goto fail;
     const struct wr_value *old = wr_table_get(msg->headers, "x-death");
-    int64_t count = 1;
     size_t skip = SIZE_MAX;
     if (old && old->type == WR_V_ARRAY) {
-        for (size_t i = 0; i < old->u.array->count; i++) {
+        for (size_t i = 0; i < old->u.array->count && skip == SIZE_MAX; i++) {
             const struct wr_value *e = &old->u.array->items[i];
-            if (e->type != WR_V_TABLE)
-                continue;
-            int64_t n = 0;
-            if (str_is(wr_table_get(e->u.table, "queue"), q->name, strlen(q->name)) &&
-                str_is(wr_table_get(e->u.table, "reason"), reason, strlen(reason))) {
-                if (wr_table_get_int(e->u.table, "count", &n))
-                    count = n + 1;
+            if (e->type == WR_V_TABLE &&
+                str_is(wr_table_get(e->u.table, "queue"), q->name, strlen(q->name)) &&
+                str_is(wr_table_get(e->u.table, "reason"), reason, strlen(reason)))
                 skip = i;
-                break;
-            }
         }
     }
-    if (!(entry = death_entry(q, msg, reason, count)))
+    if (skip != SIZE_MAX) {
+        const struct wr_table *prev = old->u.array->items[skip].u.table;
+        int64_t n = 0;
+        struct wr_value count_v = {.type = WR_V_I64, .u.i = 1};
+        if (wr_table_get_int(prev, "count", &n))
+            count_v.u.i = n + 1;
+        if (!(entry = wr_table_dup(prev)) || wr_table_set(entry, "count", &count_v) != WR_OK)
+            goto fail;
+    } else if (!(entry = death_entry(q, msg, reason))) {
         goto fail;
+    }
     struct wr_value entry_v = {.type = WR_V_TABLE, .u.table = entry};
     if (wr_array_add(deaths, &entry_v) != WR_OK)
         goto fail;
@@ -126,13 +126,13 @@ fail:
 }
 
 /* RabbitMQ drops a dead letter that would come back to a queue it already died in, unless a
- * client rejected it somewhere on the way (then the cycle is the client's doing). */
+ * client rejected it since it last died there (then the cycle is the client's doing): walk
+ * the deaths newest first until the destination's. */
 static bool is_cycle(const struct wr_table *headers, const struct wr_queue *dest)
 {
     const struct wr_value *deaths = wr_table_get(headers, "x-death");
     if (!deaths || deaths->type != WR_V_ARRAY)
         return false;
-    bool seen = false;
     for (size_t i = 0; i < deaths->u.array->count; i++) {
         const struct wr_value *e = &deaths->u.array->items[i];
         if (e->type != WR_V_TABLE)
@@ -140,9 +140,9 @@ static bool is_cycle(const struct wr_table *headers, const struct wr_queue *dest
         if (str_is(wr_table_get(e->u.table, "reason"), "rejected", 8))
             return false;
         if (str_is(wr_table_get(e->u.table, "queue"), dest->name, strlen(dest->name)))
-            seen = true;
+            return true;
     }
-    return seen;
+    return false;
 }
 
 static void dead_letter_publish(struct dead_letter *d)
@@ -199,11 +199,12 @@ static void dead_letters_run(struct wr_loop *lp, void *data)
     (void)lp;
     struct wr_broker *b = data;
     b->dead_deferred = false;
-    while (b->dead) {
-        struct dead_letter *d = b->dead;
-        b->dead = d->next;
-        if (!b->dead)
-            b->dead_tail = NULL;
+    /* Dead letters made by this pass (max-length drops in the queues it stores into) wait
+     * for the next one, so a pass always ends. */
+    struct dead_letter *d, *next = b->dead;
+    b->dead = b->dead_tail = NULL;
+    while ((d = next)) {
+        next = d->next;
         dead_letter_publish(d);
         wr_msg_unref(d->msg);
         wr_queue_unref(d->q);

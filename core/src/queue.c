@@ -420,7 +420,8 @@ bool wr_queue_is_deleted(const struct wr_queue *q) { return q->deleted; }
 static int64_t msg_expiry(const struct wr_queue *q, const struct wr_msg *m)
 {
     int64_t at = INT64_MAX;
-    if (q->message_ttl_ms >= 0)
+    /* Saturates: a TTL of years is "never", not an overflow. */
+    if (q->message_ttl_ms >= 0 && q->message_ttl_ms < INT64_MAX - m->timestamp_ms)
         at = m->timestamp_ms + q->message_ttl_ms;
     const struct wr_str *e = &m->props.expiration;
     if (e->ptr && e->len > 0 && e->len < 19) {
@@ -428,7 +429,7 @@ static int64_t msg_expiry(const struct wr_queue *q, const struct wr_msg *m)
         size_t i = 0;
         while (i < e->len && e->ptr[i] >= '0' && e->ptr[i] <= '9')
             ttl = ttl * 10 + (e->ptr[i++] - '0');
-        if (i == e->len && m->timestamp_ms + ttl < at)
+        if (i == e->len && ttl < INT64_MAX - m->timestamp_ms && m->timestamp_ms + ttl < at)
             at = m->timestamp_ms + ttl;
     }
     return at;
@@ -450,13 +451,12 @@ static void ttl_arm(struct wr_queue *q, int64_t at)
     q->ttl_timer = wr_loop_timer_add(lp, delay > 0 ? (uint64_t)delay : 0, ttl_fire, q);
 }
 
-/* Drops expired messages from the head, dead-lettering them, as RabbitMQ does: a message
- * behind one that lives longer waits for it. */
-static void expire_head(struct wr_queue *q)
+/* Drops the head messages expired before now, dead-lettering them, as RabbitMQ does: a
+ * message behind one that lives longer waits for it. */
+static void expire_head(struct wr_queue *q, int64_t now)
 {
     if (!HAS_OP(q->ops, struct wr_storage_ops, peek))
         return;
-    int64_t now = wall_ms();
     const struct wr_msg *m;
     while (!q->deleted && (m = q->ops->peek(q->state)) && msg_expiry(q, m) < now) {
         struct wr_stored st;
@@ -474,7 +474,7 @@ static void ttl_fire(struct wr_loop *lp, void *data)
     (void)lp;
     struct wr_queue *q = data;
     q->ttl_timer = 0;
-    expire_head(q);
+    expire_head(q, wall_ms());
     const struct wr_msg *m = q->deleted ? NULL : q->ops->peek(q->state);
     if (m)
         ttl_arm(q, msg_expiry(q, m));
@@ -546,8 +546,10 @@ static void queue_dispatch(struct wr_queue *q)
     struct wr_consumer *c;
     while (!q->deleted && (c = next_consumer(q))) {
         struct wr_stored st;
+        /* Judged as of when the dispatch was scheduled: RabbitMQ decides at enqueue, so a
+         * TTL-0 message still reaches a consumer that was waiting for it. */
         if (q->ttl_timer)
-            expire_head(q);
+            expire_head(q, q->vh->broker->dispatch_ms);
         if (q->ops->next(q->state, &st) != WR_OK)
             break;
         if (!c->no_ack && !tagset_add(&c->unacked, st.tag)) {
@@ -609,6 +611,7 @@ void queue_schedule(struct wr_queue *q)
             return;
         }
         b->dispatch_deferred = true;
+        b->dispatch_ms = wall_ms();
     }
     q->dispatch_pending = true;
     q->dispatch_next = b->dispatch;
@@ -758,7 +761,7 @@ int wr_queue_get(struct wr_queue *q, bool no_ack, struct wr_delivery *d, struct 
     if (q->deleted)
         return wr_error_set(err, WR_ENOTFOUND, "queue '%s' was deleted", q->name);
     q->used_at = wall_ms();
-    expire_head(q);
+    expire_head(q, q->used_at);
     struct wr_stored st;
     if (q->ops->next(q->state, &st) != WR_OK)
         return WR_ENOTFOUND;

@@ -62,8 +62,11 @@ static int sync_defer(struct wr_sync *s)
             return WR_ENOMEM;
         b->syncs_deferred = true;
     }
-    s->next = b->syncs;
-    b->syncs = s;
+    /* Appended: barriers complete in the order they were made (confirms stay in order). */
+    struct wr_sync **p = &b->syncs;
+    while (*p)
+        p = &(*p)->next;
+    *p = s;
     return WR_OK;
 }
 

@@ -94,6 +94,19 @@ void conn_send(struct amqp_conn *c, uint16_t channel, const struct amqp_method *
 void conn_fail(struct amqp_conn *c, uint16_t code, uint32_t method_id, const char *fmt, ...)
     WR_PRINTF(4, 5);
 
+/* For amqp091.c: takes over an accepted non-blocking socket (peer "host:port", for logs),
+ * answers the protocol header and links the connection into l->conns. On failure the socket
+ * is closed and the failure logged. */
+void conn_accept(struct amqp_listener *l, int fd, const char *peer);
+/* For amqp091.c: the broker's memory alarm was raised or cleared. As RabbitMQ does, a
+ * connection that has published stops being read while the alarm lasts, and hears
+ * connection.blocked / unblocked if it announced the capability. */
+void conn_alarm(struct amqp_conn *c, bool raised);
+/* For amqp091.c, at shutdown: every connection of l gets connection.close 320
+ * CONNECTION_FORCED (those still in the handshake are just closed), output is flushed for at
+ * most a second in all, then every connection is freed. */
+void conn_close_all(struct amqp_listener *l);
+
 /* ---- channel (channel.c) ------------------------------------------------------------- */
 
 enum amqp_chan_state {

@@ -57,6 +57,7 @@ static const char full_yaml[] =
     "  plugin_dirs: [./build/plugins, /opt/warren/plugins]\n"
     "  log_level: debug\n"
     "  max_message_size: 16MiB\n"
+    "  memory_high_watermark: 2GiB\n"
     "plugins:\n"
     "  - {name: modhash, path: ./x/modhash.so}\n"
     "  - name: lua\n"
@@ -95,6 +96,7 @@ Test(config, full_file_fills_every_field)
     cr_assert_null(cfg->plugin_dirs[2]);
     cr_assert_eq(cfg->log_level, WR_LOG_DEBUG);
     cr_assert_eq(cfg->max_message_size, 16u << 20);
+    cr_assert_eq(cfg->memory_high_watermark, 2ULL << 30);
 
     cr_assert_eq(cfg->n_plugins, 2);
     cr_assert_str_eq(cfg->plugins[0].name, "modhash");
@@ -146,7 +148,7 @@ Test(config, full_file_fills_every_field)
     cr_assert_null(q->options);
     /* Positions: the block mapping starts at its first key. */
     cr_assert_str_eq(q->node->path, "vhosts[0].queues[2]");
-    cr_assert_eq(q->node->mark.line, 21);
+    cr_assert_eq(q->node->mark.line, 22);
     cr_assert_eq(q->node->mark.col, 9);
 
     cr_assert_eq(vh->n_bindings, 3);
@@ -190,6 +192,7 @@ Test(config, print_lists_the_topology)
                      "  plugin_dirs: ./build/plugins, /opt/warren/plugins\n"
                      "  log_level: debug\n"
                      "  max_message_size: 16MiB\n"
+                     "  memory_high_watermark: 2GiB\n"
                      "plugins:\n"
                      "  modhash: ./x/modhash.so\n"
                      "  lua: (from plugin_dirs)\n"
@@ -221,14 +224,26 @@ Test(config, print_lists_the_topology)
     wr_config_free(cfg);
 }
 
-static void assert_defaults(const struct wr_config *cfg)
+/* RabbitMQ's default memory high watermark: 40% of the machine's memory. */
+static void assert_default_watermark(uint64_t watermark)
+{
+    uint64_t ram = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
+    cr_assert_gt(ram, 0);
+    uint64_t want = ram / 10 * 4;
+    cr_assert(watermark + 16 >= want && watermark <= want + 16,
+              "memory_high_watermark %llu, want 40%% of %llu", (unsigned long long)watermark,
+              (unsigned long long)ram);
+}
+
+/* Everything an empty file and the embedded default share; listeners differ. */
+static void assert_defaults_but_listeners(const struct wr_config *cfg)
 {
     cr_assert_str_eq(cfg->data_dir, "./warren-data");
     cr_assert_null(cfg->plugin_dirs);
     cr_assert_eq(cfg->log_level, WR_LOG_INFO);
     cr_assert_eq(cfg->max_message_size, 128u << 20);
+    assert_default_watermark(cfg->memory_high_watermark);
     cr_assert_eq(cfg->n_plugins, 0);
-    cr_assert_eq(cfg->n_listeners, 0);
     cr_assert_eq(cfg->n_vhosts, 1);
     cr_assert_str_eq(cfg->vhosts[0].name, "/");
     cr_assert_eq(cfg->vhosts[0].n_exchanges + cfg->vhosts[0].n_queues +
@@ -238,6 +253,23 @@ static void assert_defaults(const struct wr_config *cfg)
     cr_assert_str_eq(cfg->users[0].password, "guest");
     cr_assert_str_eq(cfg->users[0].vhosts[0], "/");
     cr_assert_null(cfg->users[0].vhosts[1]);
+}
+
+static void assert_defaults(const struct wr_config *cfg)
+{
+    assert_defaults_but_listeners(cfg);
+    cr_assert_eq(cfg->n_listeners, 0);
+}
+
+/* The embedded default: the defaults plus AMQP 0-9-1 on 127.0.0.1:5672. */
+static void assert_embedded_default(const struct wr_config *cfg)
+{
+    assert_defaults_but_listeners(cfg);
+    cr_assert_eq(cfg->n_listeners, 1);
+    cr_assert_str_eq(cfg->listeners[0].transport, "amqp091");
+    cr_assert_str_eq(cfg->listeners[0].host, "127.0.0.1");
+    cr_assert_eq(cfg->listeners[0].port, 5672);
+    cr_assert_null(cfg->listeners[0].options);
 }
 
 Test(config, empty_file_is_all_defaults)
@@ -254,9 +286,8 @@ Test(config, embedded_default_parses)
 {
     const char *text = wr_config_default_text();
     cr_assert_not_null(strstr(text, "{transport: amqp091, port: 5672}"));
-    cr_assert_not_null(strstr(text, "{transport: kafka, port: 9092}"));
     struct wr_config *cfg = load_ok("(default)", text);
-    assert_defaults(cfg);
+    assert_embedded_default(cfg);
     wr_config_free(cfg);
 }
 
@@ -320,7 +351,7 @@ Test(config, load_file_ok)
     unlink(path);
     cr_assert_eq(rc, WR_OK, "%s", err.msg);
     cr_assert_str_eq(cfg->file, path);
-    assert_defaults(cfg);
+    assert_embedded_default(cfg);
     wr_config_free(cfg);
 }
 
@@ -379,7 +410,12 @@ Test(config, unknown_key)
                  "listeners, vhosts, users)");
     expect_error("broker: {data-dir: x}\n",
                  "broken.yaml:1:10: broker.data-dir: unknown key (expected one of: data_dir, "
-                 "plugin_dirs, log_level, max_message_size)");
+                 "plugin_dirs, log_level, max_message_size, memory_high_watermark)");
+    expect_error("vhosts: [{name: /, queues: [{name: q, ttl: 5s}]}]\n",
+                 "broken.yaml:1:39: vhosts[0].queues[0].ttl: unknown key (expected one of: "
+                 "name, storage, durable, exclusive, auto_delete, max_length, max_length_bytes, "
+                 "overflow, partitions, message_ttl, expires, dead_letter_exchange, "
+                 "dead_letter_routing_key, options)");
 }
 
 Test(config, wrong_type)
@@ -483,6 +519,99 @@ Test(config, bad_size)
     expect_error("vhosts: [{name: /, queues: [{name: a, max_length_bytes: 16000000TiB}]}]\n",
                  "broken.yaml:1:57: vhosts[0].queues[0].max_length_bytes: size too large (at "
                  "most 9223372036854775807 bytes)");
+}
+
+/* ---- memory watermark, message TTL, queue expiry, dead-lettering -------------------- */
+
+static const char ttl_yaml[] =
+    "broker:\n"
+    "  memory_high_watermark: 512MiB\n"
+    "vhosts:\n"
+    "  - name: /\n"
+    "    exchanges: [{name: dlx, type: fanout}]\n"
+    "    queues:\n"
+    "      - {name: work, message_ttl: 1m, expires: 30m, dead_letter_exchange: dlx,\n"
+    "         dead_letter_routing_key: dead}\n"
+    "      - {name: instant, message_ttl: 0, dead_letter_exchange: \"\"}\n"
+    "      - {name: plain}\n";
+
+Test(config, ttl_expiry_and_dead_letter_keys)
+{
+    struct wr_config *cfg = load_ok("ttl.yaml", ttl_yaml);
+    cr_assert_eq(cfg->memory_high_watermark, 512ULL << 20);
+    const struct cfg_queue *q = &cfg->vhosts[0].queues[0];
+    cr_assert_eq(q->message_ttl_ms, 60000);
+    cr_assert_eq(q->expires_ms, 1800000);
+    cr_assert_str_eq(q->dead_letter_exchange, "dlx");
+    cr_assert_str_eq(q->dead_letter_routing_key, "dead");
+    q = &cfg->vhosts[0].queues[1];
+    cr_assert_eq(q->message_ttl_ms, 0, "a TTL of 0 is a TTL, not none");
+    cr_assert_eq(q->expires_ms, -1);
+    cr_assert_str_eq(q->dead_letter_exchange, "", "\"\" names the default exchange");
+    cr_assert_null(q->dead_letter_routing_key);
+    q = &cfg->vhosts[0].queues[2];
+    cr_assert_eq(q->message_ttl_ms, -1);
+    cr_assert_eq(q->expires_ms, -1);
+    cr_assert_null(q->dead_letter_exchange);
+    cr_assert_null(q->dead_letter_routing_key);
+    wr_config_free(cfg);
+
+    cfg = load_ok("off.yaml", "broker: {memory_high_watermark: 0}\n");
+    cr_assert_eq(cfg->memory_high_watermark, 0, "0 turns the alarm off");
+    wr_config_free(cfg);
+}
+
+Test(config, print_shows_ttl_expiry_and_dead_letter_keys)
+{
+    struct wr_config *cfg = load_ok("ttl.yaml", ttl_yaml);
+    char *text = print_to_string(cfg);
+    const char *want[] = {
+        "  memory_high_watermark: 512MiB\n",
+        "    work: memory, message_ttl 60000ms, expires 1800000ms, dead_letter_exchange \"dlx\", "
+        "dead_letter_routing_key \"dead\"\n",
+        "    instant: memory, message_ttl 0ms, dead_letter_exchange \"\"\n",
+        "    plain: memory\n",
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(*want); i++)
+        cr_assert_not_null(strstr(text, want[i]), "no line '%s' in:\n%s", want[i], text);
+    free(text);
+    wr_config_free(cfg);
+}
+
+Test(config, bad_ttl_expiry_and_dead_letter_values)
+{
+    expect_error("vhosts: [{name: /, queues: [{name: a, message_ttl: 5y}]}]\n",
+                 "broken.yaml:1:52: vhosts[0].queues[0].message_ttl: expected a duration such "
+                 "as 250ms or 7d (milliseconds, or a unit: ms, s, m, h, d, w), got '5y'");
+    expect_error("vhosts:\n"
+                 "  - name: /\n"
+                 "    queues:\n"
+                 "      - name: a\n"
+                 "        message_ttl: -1\n",
+                 "broken.yaml:5:22: vhosts[0].queues[0].message_ttl: expected a duration such "
+                 "as 250ms or 7d (milliseconds, or a unit: ms, s, m, h, d, w), got '-1'");
+    expect_error("vhosts: [{name: /, queues: [{name: a, message_ttl: 9223372036854775808ms}]}]\n",
+                 "broken.yaml:1:52: vhosts[0].queues[0].message_ttl: expected a duration such "
+                 "as 250ms or 7d (milliseconds, or a unit: ms, s, m, h, d, w), got "
+                 "'9223372036854775808ms'");
+    expect_error("vhosts: [{name: /, queues: [{name: a, expires: 1MiB}]}]\n",
+                 "broken.yaml:1:48: vhosts[0].queues[0].expires: expected a duration such as "
+                 "250ms or 7d (milliseconds, or a unit: ms, s, m, h, d, w), got '1MiB'");
+    expect_error("vhosts: [{name: /, queues: [{name: a, expires: 0}]}]\n",
+                 "broken.yaml:1:48: vhosts[0].queues[0].expires: expected a duration of at "
+                 "least 1ms, got '0'");
+    expect_error("vhosts: [{name: /, queues: [{name: a, dead_letter_exchange: [x]}]}]\n",
+                 "broken.yaml:1:61: vhosts[0].queues[0].dead_letter_exchange: expected a "
+                 "string, got a list");
+    expect_error("vhosts: [{name: /, queues: [{name: a, dead_letter_routing_key: {k: v}}]}]\n",
+                 "broken.yaml:1:64: vhosts[0].queues[0].dead_letter_routing_key: expected a "
+                 "string, got a map");
+    expect_error("broker:\n  memory_high_watermark: lots\n",
+                 "broken.yaml:2:26: broker.memory_high_watermark: expected a size such as 64MiB "
+                 "(bytes, or a unit: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), got 'lots'");
+    expect_error("broker:\n  memory_high_watermark: 40%\n",
+                 "broken.yaml:2:26: broker.memory_high_watermark: expected a size such as 64MiB "
+                 "(bytes, or a unit: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), got '40%'");
 }
 
 Test(config, duplicate_names)
@@ -764,8 +893,8 @@ static int queue_options(const char *options, struct wr_table **out, struct wr_e
     snprintf(yaml, sizeof(yaml), "vhosts: [{name: /, queues: [{name: q, options: %s}]}]\n",
              options);
     struct wr_config *cfg = load_ok("opts.yaml", yaml);
-    int rc = cfg_options_table(cfg, cfg->vhosts[0].queues[0].options, NULL, "testlog", test_schema, out,
-                               err);
+    int rc = cfg_options_table(cfg, cfg->vhosts[0].queues[0].options, NULL, "testlog",
+                               test_schema, out, err);
     wr_config_free(cfg);
     return rc;
 }

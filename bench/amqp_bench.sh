@@ -1,0 +1,360 @@
+#!/usr/bin/env bash
+# amqp_bench.sh: warren against RabbitMQ over AMQP 0-9-1, the same load generator
+# (bench/amqp_load) with the same parameters against each broker, one broker after the other.
+#
+#   bench/amqp_bench.sh [--quick] [--runs N] [--build-dir DIR] [--only rabbitmq|warren]
+#                       [--out FILE]
+#
+# It builds the Release configuration if needed (DIR, default build-release, as scripts/run.sh
+# uses), measures the machine's loopback TCP bandwidth, starts a private RabbitMQ
+# (tests/integration/rabbitmq.py), runs every case N times (default 3), stops it, then starts
+# warren with an amqp091 listener on a free port (tests/integration/harness.py) and runs the
+# same cases. It prints min / median / max per case and broker and the warren/RabbitMQ ratio
+# of the medians, as a Markdown table; --out also writes every run's JSON line to FILE.
+# --quick is a smoke run: a tenth of the messages, one run each.
+#
+# Never both brokers at once: on a small machine they would share the cores and measure each
+# other. Every load run is bounded by a message count and a time limit; brokers are stopped by
+# their PIDs. Run it on an otherwise idle machine: it samples the CPU before each run and
+# warns when something else was busy.
+set -euo pipefail
+self="$(realpath "$0")"
+cd "$(dirname "$self")/.."
+
+build=build-release
+args=()
+only=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build-dir) build="$2"; shift 2 ;;
+    --only) only="$2"; args+=("$1" "$2"); shift 2 ;;
+    --runs|--out) args+=("$1" "$2"); shift 2 ;;
+    --quick) args+=("$1"); shift ;;
+    -h|--help) sed -n '2,19p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "amqp_bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$only" in ""|rabbitmq|warren) ;; *) echo "amqp_bench: --only rabbitmq|warren" >&2; exit 2 ;;
+esac
+
+echo "== build ($build, Release)"
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DWARREN_TESTS=OFF >/dev/null
+cmake --build "$build" -j"$(nproc)" --target amqp_load >/dev/null
+if [ "$only" != rabbitmq ]; then
+  # warren itself: if it does not build, say so and measure RabbitMQ alone.
+  cmake --build "$build" -j"$(nproc)" >"$build/amqp_bench-build.log" 2>&1 ||
+    echo "amqp_bench: warren did not build (see $build/amqp_bench-build.log)" >&2
+fi
+
+exec /usr/bin/python3 - "$build" "${args[@]}" <<'PY'
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, "tests/integration")
+import harness  # noqa: E402
+import rabbitmq  # noqa: E402
+
+build = sys.argv[1]
+argv = sys.argv[2:]
+quick = "--quick" in argv
+runs = int(argv[argv.index("--runs") + 1]) if "--runs" in argv else (1 if quick else 3)
+only = argv[argv.index("--only") + 1] if "--only" in argv else ""
+out_path = argv[argv.index("--out") + 1] if "--out" in argv else ""
+load_bin = os.path.join(build, "bench", "amqp_load")
+warren_bin = os.path.join(build, "warren")
+plugin_dir = os.path.abspath(os.path.join(build, "plugins"))
+time_limit = 10 if quick else 30
+scale = 10 if quick else 1
+
+# (name, what it measures, amqp_load arguments, metrics, for warren too)
+# The e2e cases count from the first publish to the last delivery; publish counts until the
+# broker holds every message (queue depth); consume drains a queue filled beforehand.
+CASES = [
+    ("e2e-100B", "end to end, transient, 100 B",
+     ["--mode", "e2e", "--size", "100", "--count", str(300000 // scale)],
+     ["consume_rate"], True),
+    ("e2e-1KiB", "end to end, transient, 1 KiB",
+     ["--mode", "e2e", "--size", "1024", "--count", str(300000 // scale)],
+     ["consume_rate"], True),
+    ("publish-100B", "publish only into one queue, 100 B",
+     ["--mode", "publish", "--size", "100", "--count", str(100000 // scale)],
+     ["publish_rate"], True),
+    ("consume-100B", "consume only from a full queue, 100 B",
+     ["--mode", "consume", "--prefill", "--size", "100", "--count", str(100000 // scale)],
+     ["consume_rate"], True),
+    ("confirms-100B", "end to end, publisher confirms, transient, 100 B",
+     ["--mode", "e2e", "--confirm", "--size", "100", "--count", str(200000 // scale)],
+     ["consume_rate"], True),
+    # warren has only the memory storage so far: a durable queue is not durable there yet.
+    ("persistent-confirms-100B", "end to end, confirms, persistent, durable queue, 100 B",
+     ["--mode", "e2e", "--confirm", "--persistent", "--size", "100",
+      "--count", str(200000 // scale)],
+     ["consume_rate"], False),
+    ("latency-20k", "end to end latency paced at 20k msgs/s, 100 B",
+     ["--mode", "e2e", "--rate", "20000", "--size", "100", "--count", str(100000 // scale)],
+     ["latency_p50", "latency_p99", "latency_p999"], True),
+]
+NOISE = 0.1  # cores used by other processes during a run past which it is marked disturbed
+UNITS = {"consume_rate": "msgs/s", "publish_rate": "msgs/s", "latency_p50": "µs",
+         "latency_p99": "µs", "latency_p999": "µs"}
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_ticks():
+    """(busy, total) CPU ticks of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v) - v[3] - v[4], sum(v)  # idle and iowait are not busy
+
+
+def proc_ticks(pid):
+    """CPU ticks (user + system, own and waited-for children) a process has used so far."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15])
+    except (OSError, ValueError):
+        return 0
+
+
+def children_cpu():
+    """CPU seconds used by this process's waited-for children (amqp_load runs) so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def cpu_busy(seconds=0.3):
+    """The share of all CPUs busy over a short window, in %."""
+    b0, t0 = machine_ticks()
+    time.sleep(seconds)
+    b1, t1 = machine_ticks()
+    return 100.0 * (b1 - b0) / max(1, t1 - t0)
+
+
+def settle(limit=15.0, timeout=10.0):
+    """Waits until the machine is quiet (under limit % busy), at most timeout seconds: a broker
+    keeps working for a while after it starts or deletes a full queue."""
+    deadline = time.monotonic() + timeout
+    while cpu_busy() > limit and time.monotonic() < deadline:
+        pass
+
+
+def loopback_bandwidth(seconds):
+    """Bytes/s one TCP connection over 127.0.0.1 carries: a forked sender writes 1 MiB
+    chunks for `seconds`, this process reads them."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    port = lsock.getsockname()[1]
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            lsock.close()
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            chunk = b"\0" * (1 << 20)
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                s.sendall(chunk)
+            s.close()
+            status = 0
+        finally:
+            os._exit(status)
+    conn = None
+    try:
+        lsock.settimeout(10)
+        conn, _ = lsock.accept()
+        conn.settimeout(10)
+        buf = bytearray(1 << 20)
+        total, t0 = 0, time.monotonic()
+        while True:
+            n = conn.recv_into(buf)
+            if n == 0:
+                break
+            total += n
+        return total / (time.monotonic() - t0)
+    finally:
+        if conn:
+            conn.close()
+        lsock.close()
+        os.waitpid(pid, 0)
+
+
+def run_load(port, broker_pid, case_args):
+    """One amqp_load run. Returns (its JSON result or None, error text). The result gains the
+    CPU used during the run, in cores: by the broker, by amqp_load and by everything else on
+    the machine (which should be near 0: anything more means the numbers are disturbed)."""
+    settle()
+    cmd = [load_bin, "--port", str(port), "--time", str(time_limit)] + case_args
+    m0, b0, t0 = machine_ticks()[0], proc_ticks(broker_pid), time.monotonic()
+    l0 = children_cpu()
+    try:
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    except OSError as e:
+        return None, str(e)
+    try:
+        out, err = p.communicate(timeout=time_limit + 60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        return None, "amqp_load did not finish within %d s" % (time_limit + 60)
+    wall = time.monotonic() - t0
+    machine = (machine_ticks()[0] - m0) / TICK
+    broker = (proc_ticks(broker_pid) - b0) / TICK
+    load = children_cpu() - l0
+    if p.returncode not in (0, 2):
+        return None, (err.strip() or "exit status %d" % p.returncode)
+    res = json.loads(out.strip().splitlines()[-1])
+    lat = res.get("latency_us") or {}
+    for k in ("p50", "p99", "p999"):
+        res["latency_" + k] = lat.get(k)
+    res["cpu_broker"] = round(broker / wall, 2)
+    res["cpu_load"] = round(load / wall, 2)
+    res["cpu_other"] = round(max(0.0, machine - broker - load) / wall, 2)
+    return res, ""
+
+
+def run_cases(broker, port, broker_pid, results, raw):
+    for name, _, case_args, metrics, for_warren in CASES:
+        if broker == "warren" and not for_warren:
+            continue
+        for i in range(runs):
+            res, err = run_load(port, broker_pid, case_args)
+            tag = "%s %s run %d/%d" % (broker, name, i + 1, runs)
+            results.setdefault((broker, name), []).append(res)
+            if res is None:
+                print("  %s: FAILED: %s" % (tag, err), flush=True)
+                continue
+            res.update(broker=broker, case=name, run=i + 1)
+            raw.append(res)
+            shown = ", ".join("%s %s" % (m, fmt(res[m])) for m in metrics)
+            print("  %s: %s%s; CPU cores: broker %.2f, amqp_load %.2f, other %.2f%s"
+                  % (tag, shown, "" if res["complete"] else " INCOMPLETE", res["cpu_broker"],
+                     res["cpu_load"], res["cpu_other"],
+                     "  <- disturbed" if res["cpu_other"] > NOISE else ""), flush=True)
+
+
+def fmt(v):
+    if v is None:
+        return "-"
+    return "%.0f" % v if v >= 100 else "%.1f" % v
+
+
+def summary(results, metric, broker, name, show=fmt):
+    """(median, "median (min – max)") of a metric over a case's runs."""
+    vals = [r[metric] for r in results.get((broker, name), []) if r and r[metric] is not None]
+    if not vals:
+        return None, ""
+    med = statistics.median(vals)
+    return med, "%s (%s – %s)" % (show(med), show(min(vals)), show(max(vals)))
+
+
+def two(v):
+    return "%.2f" % v
+
+
+def pid_from_file(path):
+    with open(path) as f:
+        return int(f.read().strip())
+
+
+def print_tables(results, raw):
+    print()
+    print("| case | metric | RabbitMQ median (min – max) | warren median (min – max) "
+          "| warren / RabbitMQ |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for name, _, _, metrics, for_warren in CASES:
+        for m in metrics:
+            rmed, rtxt = summary(results, m, "rabbitmq", name)
+            wmed, wtxt = summary(results, m, "warren", name)
+            if not for_warren:
+                wtxt = "pending (no durable storage yet)"
+            ratio = "%.2f" % (wmed / rmed) if rmed and wmed else "-"
+            if ratio != "-" and m.startswith("latency"):
+                ratio += " (lower is better)"
+            print("| %s | %s, %s | %s | %s | %s |"
+                  % (name, m, UNITS[m], rtxt or "-", wtxt or "-", ratio))
+    print()
+    print("CPU used during the runs, in cores (medians): the broker, the load generator, and "
+          "everything else on the machine.")
+    print()
+    print("| case | RabbitMQ | its amqp_load | warren | its amqp_load | other, at most |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, _, _, _, _ in CASES:
+        cells = [summary(results, m, b, name, two)[0]
+                 for b in ("rabbitmq", "warren") for m in ("cpu_broker", "cpu_load")]
+        other = max((r["cpu_other"] for r in raw if r["case"] == name), default=None)
+        print("| %s | %s |" % (name, " | ".join("-" if v is None else two(v)
+                                                 for v in cells + [other])))
+    print()
+    for name, what, case_args, _, _ in CASES:
+        print("- %s: %s: `amqp_load %s --time %d`"
+              % (name, what, " ".join(case_args), time_limit))
+    print("- %d run(s) per case and broker; the consume case's CPU includes its untimed "
+          "prefill." % runs)
+
+
+def main():
+    results, raw = {}, []
+    print("== machine: %d CPUs, %s" % (os.cpu_count(), cpu_model()))
+    bw = loopback_bandwidth(0.5 if quick else 2.0)
+    print("== loopback TCP, one connection: %.2f GB/s (%.0f MiB/s)" % (bw / 1e9, bw / 2**20))
+    busy = cpu_busy(1.0)
+    print("== machine %.0f%% busy before the runs%s" % (
+        busy, ": something else is running, numbers will be low and noisy" if busy > 15 else ""))
+
+    if only != "warren":
+        if not rabbitmq.available():
+            print("== RabbitMQ: skipped: %s" % rabbitmq.unavailable_reason())
+        else:
+            with rabbitmq.RabbitMQ() as rmq:
+                version = rmq.ctl("version").strip()
+                print("== RabbitMQ %s on 127.0.0.1:%d" % (version, rmq.port), flush=True)
+                beam = pid_from_file(rmq.env["RABBITMQ_PID_FILE"])
+                run_cases("rabbitmq", rmq.port, beam, results, raw)
+    if only != "rabbitmq":
+        if not (os.access(warren_bin, os.X_OK)
+                and os.path.exists(os.path.join(plugin_dir, "amqp091.so"))):
+            print("== warren: skipped: %s or %s/amqp091.so is not built"
+                  % (warren_bin, plugin_dir))
+        else:
+            with harness.Warren(os.path.abspath(warren_bin), plugin_dir) as w:
+                print("== warren on 127.0.0.1:%d" % w.port, flush=True)
+                run_cases("warren", w.port, w.proc.pid, results, raw)
+
+    if out_path:
+        with open(out_path, "w") as f:
+            for r in raw:
+                f.write(json.dumps(r) + "\n")
+    print_tables(results, raw)
+    failed = sum(1 for v in results.values() for r in v if r is None)
+    incomplete = sum(1 for r in raw if not r["complete"])
+    disturbed = sum(1 for r in raw if r["cpu_other"] > NOISE)
+    if failed or incomplete or disturbed:
+        print("- %d run(s) failed, %d hit the time limit, %d were disturbed (other processes "
+              "used more than %.2f cores)" % (failed, incomplete, disturbed, NOISE))
+    return 1 if failed else 0
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+sys.exit(main())
+PY

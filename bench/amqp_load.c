@@ -1,0 +1,795 @@
+/*
+ * amqp_load.c: an AMQP 0-9-1 load generator, the same program for warren and for RabbitMQ.
+ *
+ * Three modes on one queue reached through the default exchange:
+ *   publish   publish --count messages into a queue nobody consumes;
+ *   consume   drain --count messages from the queue (--prefill publishes them first, untimed);
+ *   e2e       a producer connection (its own thread) and a consumer connection at once.
+ * Every run stops after --count messages or --time seconds, whichever comes first.
+ *
+ * Each body starts with the CLOCK_MONOTONIC time it was sent and its sequence number; the
+ * consumer, in the same process, subtracts that time from its own clock when the last byte of
+ * the message has arrived, so e2e latency needs no clock sync. Latency is the send time to
+ * receipt, not the scheduled time: with --rate below what the broker sustains the two agree.
+ *
+ * Output: one JSON line on stdout (for scripts) and one human line on stderr.
+ * Exit status: 0 complete, 1 error (connection, protocol, arguments), 2 the time limit cut the
+ * run short (the JSON line is still printed, with "complete": false).
+ *
+ * It is built on rabbitmq-c (librabbitmq), one connection per thread as that library requires.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include <amqp.h>
+#include <amqp_framing.h>
+#include <amqp_tcp_socket.h>
+
+#define CHANNEL 1
+#define STAMP_LEN 16                  /* send time (ns) and sequence number, 8 bytes each */
+#define MAX_COUNT 50000000ULL         /* the latency array holds 8 bytes per message */
+#define MAX_SIZE (64u * 1024 * 1024)
+#define POLL_EVERY 32                 /* publishes between non-blocking reads of confirms */
+#define WAIT_SLICE_US 100000          /* blocking reads wake this often to check the clock */
+
+enum mode { MODE_PUBLISH, MODE_CONSUME, MODE_E2E };
+static const char *const mode_names[] = {"publish", "consume", "e2e"};
+
+struct options {
+    const char *host, *user, *password, *vhost, *queue;
+    int port;
+    enum mode mode;
+    size_t size;
+    uint64_t count;
+    double time_limit;   /* seconds */
+    bool confirm;
+    uint32_t window;     /* outstanding unconfirmed publishes at most */
+    bool persistent;
+    uint16_t prefetch;   /* 0: unlimited */
+    bool auto_ack;
+    uint32_t ack_every;  /* manual ack: one basic.ack(multiple) per this many deliveries */
+    double rate;         /* msgs/s; 0: as fast as possible */
+    bool prefill;
+    bool keep;
+};
+
+/* Set by whichever side fails, so the other stops at its next check instead of at --time. */
+static atomic_bool failed;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    memcpy(p, &v, sizeof v); /* same process reads it back: native byte order is fine */
+}
+
+static uint64_t get_u64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static void fail(const char *role, const char *fmt, const char *detail)
+{
+    fprintf(stderr, "amqp_load: %s: ", role);
+    fprintf(stderr, fmt, detail);
+    fputc('\n', stderr);
+    atomic_store(&failed, true);
+}
+
+/* Reports why a synchronous call failed: a library error, or the broker's close reason. */
+static bool rpc_ok(amqp_connection_state_t conn, const char *role, const char *what)
+{
+    amqp_rpc_reply_t r = amqp_get_rpc_reply(conn);
+    char text[512];
+
+    switch (r.reply_type) {
+    case AMQP_RESPONSE_NORMAL:
+        return true;
+    case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+        snprintf(text, sizeof text, "%s: %s", what, amqp_error_string2(r.library_error));
+        break;
+    case AMQP_RESPONSE_SERVER_EXCEPTION:
+        if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
+            amqp_connection_close_t *m = r.reply.decoded;
+            snprintf(text, sizeof text, "%s: connection closed by broker: %u %.*s", what,
+                     m->reply_code, (int)m->reply_text.len, (const char *)m->reply_text.bytes);
+        } else if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+            amqp_channel_close_t *m = r.reply.decoded;
+            snprintf(text, sizeof text, "%s: channel closed by broker: %u %.*s", what,
+                     m->reply_code, (int)m->reply_text.len, (const char *)m->reply_text.bytes);
+        } else {
+            snprintf(text, sizeof text, "%s: unexpected method 0x%08x", what, r.reply.id);
+        }
+        break;
+    default:
+        snprintf(text, sizeof text, "%s: no reply", what);
+        break;
+    }
+    fail(role, "%s", text);
+    return false;
+}
+
+/* A close that arrives between deliveries or confirms: report it like an RPC failure. */
+static void fail_on_close(const char *role, const amqp_frame_t *frame)
+{
+    char text[512];
+    amqp_bytes_t reason = amqp_empty_bytes;
+    unsigned code = 0;
+
+    if (frame->payload.method.id == AMQP_CONNECTION_CLOSE_METHOD) {
+        amqp_connection_close_t *m = frame->payload.method.decoded;
+        code = m->reply_code;
+        reason = m->reply_text;
+    } else {
+        amqp_channel_close_t *m = frame->payload.method.decoded;
+        code = m->reply_code;
+        reason = m->reply_text;
+    }
+    snprintf(text, sizeof text, "closed by broker: %u %.*s", code, (int)reason.len,
+             (const char *)reason.bytes);
+    fail(role, "%s", text);
+}
+
+static amqp_connection_state_t conn_open(const struct options *o, const char *role)
+{
+    amqp_connection_state_t conn = amqp_new_connection();
+    amqp_socket_t *sock = conn ? amqp_tcp_socket_new(conn) : NULL;
+
+    if (!sock) {
+        fail(role, "%s", "out of memory");
+        if (conn)
+            amqp_destroy_connection(conn);
+        return NULL;
+    }
+    int status = amqp_socket_open(sock, o->host, o->port);
+    if (status != AMQP_STATUS_OK) {
+        char text[300];
+        snprintf(text, sizeof text, "connect to %s:%d: %s", o->host, o->port,
+                 amqp_error_string2(status));
+        fail(role, "%s", text);
+        amqp_destroy_connection(conn);
+        return NULL;
+    }
+    /* Heartbeats off: a run is short and both sides keep the connection busy. */
+    amqp_rpc_reply_t r = amqp_login(conn, o->vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN,
+                                    o->user, o->password);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+        fail(role, "%s", "login refused or failed (user, password, vhost?)");
+        amqp_destroy_connection(conn);
+        return NULL;
+    }
+    amqp_channel_open(conn, CHANNEL);
+    if (!rpc_ok(conn, role, "channel.open")) {
+        amqp_destroy_connection(conn);
+        return NULL;
+    }
+    return conn;
+}
+
+static void conn_close(amqp_connection_state_t conn)
+{
+    if (!conn)
+        return;
+    if (!atomic_load(&failed)) {
+        amqp_channel_close(conn, CHANNEL, AMQP_REPLY_SUCCESS);
+        amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
+    }
+    amqp_destroy_connection(conn);
+}
+
+/* ---- producer ------------------------------------------------------------------------ */
+
+struct producer {
+    const struct options *o;
+    amqp_connection_state_t conn;
+    uint64_t deadline;
+    uint64_t published;
+    /* Confirms: every tag <= confirmed_upto is settled; settled[t % window] marks a tag above
+     * it that a single (non-multiple) ack settled out of order. */
+    uint64_t confirmed_upto;
+    uint64_t nacked;
+    unsigned char *settled;
+    uint64_t t_start, t_end;
+    uint64_t t_sent;           /* the last publish was written to the socket */
+    uint64_t depth;            /* publish mode: queue depth the broker reports at the end */
+    atomic_uint_fast64_t published_shared; /* read by the consumer thread in e2e mode */
+    atomic_bool done;
+    bool ok;
+};
+
+static void settle(struct producer *p, uint64_t tag, bool multiple, bool nack)
+{
+    uint32_t w = p->o->window;
+
+    if (tag <= p->confirmed_upto || tag > p->published)
+        return; /* a duplicate, or a tag we never sent: nothing to settle */
+    if (multiple) {
+        for (uint64_t t = p->confirmed_upto + 1; t <= tag; t++) {
+            if (!p->settled[t % w])
+                p->nacked += nack;
+            p->settled[t % w] = 0;
+        }
+        p->confirmed_upto = tag;
+    } else if (!p->settled[tag % w]) {
+        p->settled[tag % w] = 1;
+        p->nacked += nack;
+    }
+    while (p->confirmed_upto < p->published && p->settled[(p->confirmed_upto + 1) % w]) {
+        p->settled[(p->confirmed_upto + 1) % w] = 0;
+        p->confirmed_upto++;
+    }
+}
+
+/* Reads one frame from the broker (waiting up to slice_us) and acts on it. Returns false on
+ * a failure, which it has reported. */
+static bool producer_read(struct producer *p, long slice_us)
+{
+    struct timeval tv = {.tv_sec = 0, .tv_usec = slice_us};
+    amqp_frame_t frame;
+    int status = amqp_simple_wait_frame_noblock(p->conn, &frame, &tv);
+
+    if (status == AMQP_STATUS_TIMEOUT)
+        return true;
+    if (status != AMQP_STATUS_OK) {
+        fail("producer", "read: %s", amqp_error_string2(status));
+        return false;
+    }
+    if (frame.frame_type == AMQP_FRAME_METHOD) {
+        switch (frame.payload.method.id) {
+        case AMQP_BASIC_ACK_METHOD: {
+            amqp_basic_ack_t *m = frame.payload.method.decoded;
+            settle(p, m->delivery_tag, m->multiple, false);
+            break;
+        }
+        case AMQP_BASIC_NACK_METHOD: {
+            amqp_basic_nack_t *m = frame.payload.method.decoded;
+            settle(p, m->delivery_tag, m->multiple, true);
+            break;
+        }
+        case AMQP_CHANNEL_CLOSE_METHOD:
+        case AMQP_CONNECTION_CLOSE_METHOD:
+            fail_on_close("producer", &frame);
+            return false;
+        default:
+            break; /* connection.blocked/unblocked: the socket stalls by itself meanwhile */
+        }
+    }
+    amqp_maybe_release_buffers(p->conn);
+    return true;
+}
+
+/* Drains whatever the broker has sent without waiting. */
+static bool producer_poll(struct producer *p)
+{
+    uint64_t before = 0;
+    do {
+        before = p->confirmed_upto;
+        if (!producer_read(p, 0))
+            return false;
+    } while (p->confirmed_upto != before || amqp_data_in_buffer(p->conn) ||
+             amqp_frames_enqueued(p->conn));
+    return true;
+}
+
+static void pace(const struct options *o, uint64_t t_start, uint64_t i)
+{
+    uint64_t due = t_start + (uint64_t)((double)i * 1e9 / o->rate);
+    if (now_ns() >= due)
+        return; /* behind schedule: send at once */
+    struct timespec ts = {.tv_sec = (time_t)(due / 1000000000u),
+                          .tv_nsec = (long)(due % 1000000000u)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+    }
+}
+
+/* The queue's depth as the broker reports it (queue.declare, passive). */
+static bool queue_depth(amqp_connection_state_t conn, const struct options *o, const char *role,
+                        uint64_t *depth)
+{
+    amqp_queue_declare_ok_t *ok = amqp_queue_declare(conn, CHANNEL, amqp_cstring_bytes(o->queue),
+                                                     1, 0, 0, 0, amqp_empty_table);
+    if (!rpc_ok(conn, role, "queue.declare (passive)"))
+        return false;
+    *depth = ok->message_count;
+    amqp_maybe_release_buffers(conn);
+    return true;
+}
+
+/* Waits until the queue holds n messages: the broker has taken every publish. A reply on the
+ * publishing channel is not proof enough, as RabbitMQ hands messages to the queue process
+ * asynchronously and answers the declare before the last ones are counted. */
+static bool queue_wait_depth(amqp_connection_state_t conn, const struct options *o, uint64_t n,
+                             uint64_t deadline, uint64_t *depth)
+{
+    const struct timespec pause = {.tv_sec = 0, .tv_nsec = 1000000};
+
+    for (;;) {
+        if (!queue_depth(conn, o, "producer", depth))
+            return false;
+        if (*depth >= n || now_ns() >= deadline)
+            return true;
+        nanosleep(&pause, NULL);
+    }
+}
+
+static void producer_run(struct producer *p)
+{
+    const struct options *o = p->o;
+    unsigned char *body = calloc(1, o->size);
+    amqp_basic_properties_t props;
+
+    p->ok = false;
+    if (!body) {
+        fail("producer", "%s", "out of memory");
+        return;
+    }
+    memset(&props, 0, sizeof props);
+    props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
+    props.delivery_mode = o->persistent ? 2 : 1;
+    amqp_bytes_t msg = {.len = o->size, .bytes = body};
+    amqp_bytes_t key = amqp_cstring_bytes(o->queue);
+
+    if (o->confirm) {
+        amqp_confirm_select(p->conn, CHANNEL);
+        if (!rpc_ok(p->conn, "producer", "confirm.select"))
+            goto out;
+    }
+    if (o->rate > 0)
+        prctl(PR_SET_TIMERSLACK, 1UL); /* pacing sleeps of tens of µs need a fine timer */
+
+    p->t_start = now_ns();
+    for (uint64_t i = 0; i < o->count; i++) {
+        if (atomic_load(&failed) || now_ns() >= p->deadline)
+            break;
+        if (o->rate > 0)
+            pace(o, p->t_start, i);
+        while (o->confirm && p->published - p->confirmed_upto >= o->window) {
+            if (!producer_read(p, WAIT_SLICE_US))
+                goto out;
+            if (now_ns() >= p->deadline)
+                goto timed_out;
+        }
+        put_u64(body, now_ns());
+        put_u64(body + 8, i);
+        int status = amqp_basic_publish(p->conn, CHANNEL, amqp_empty_bytes, key, 0, 0, &props,
+                                        msg);
+        if (status != AMQP_STATUS_OK) {
+            fail("producer", "publish: %s", amqp_error_string2(status));
+            goto out;
+        }
+        p->published++;
+        atomic_store(&p->published_shared, p->published);
+        if (o->confirm && p->published % POLL_EVERY == 0 && !producer_poll(p))
+            goto out;
+    }
+    p->t_sent = now_ns();
+    while (o->confirm && p->confirmed_upto < p->published && now_ns() < p->deadline) {
+        if (!producer_read(p, WAIT_SLICE_US))
+            goto out;
+    }
+    if (o->mode != MODE_E2E && !queue_wait_depth(p->conn, o, p->published, p->deadline,
+                                                 &p->depth))
+        goto out;
+timed_out:
+    p->t_end = now_ns();
+    if (!p->t_sent)
+        p->t_sent = p->t_end;
+    p->ok = true;
+out:
+    free(body);
+}
+
+static void *producer_thread(void *arg)
+{
+    struct producer *p = arg;
+    p->conn = conn_open(p->o, "producer");
+    if (p->conn)
+        producer_run(p);
+    conn_close(p->conn);
+    p->conn = NULL;
+    atomic_store(&p->done, true);
+    return NULL;
+}
+
+/* ---- consumer ------------------------------------------------------------------------ */
+
+struct consumer {
+    const struct options *o;
+    amqp_connection_state_t conn;
+    uint64_t deadline;
+    uint64_t received;
+    uint64_t t_start, t_last;
+    uint64_t *lat_ns;          /* one per message, when latency is measured */
+    uint64_t unacked_tag;      /* last delivery tag not yet acked (manual ack), 0 if none */
+    uint32_t unacked;
+    bool ok;
+};
+
+static bool consumer_ack(struct consumer *c)
+{
+    int status = amqp_basic_ack(c->conn, CHANNEL, c->unacked_tag, 1);
+    if (status != AMQP_STATUS_OK) {
+        fail("consumer", "basic.ack: %s", amqp_error_string2(status));
+        return false;
+    }
+    c->unacked = 0;
+    c->unacked_tag = 0;
+    return true;
+}
+
+/* Takes deliveries until target messages arrived, the deadline passed, or (e2e) the producer
+ * finished and everything it published has arrived. */
+static void consumer_run(struct consumer *c, uint64_t target, struct producer *p)
+{
+    const struct options *o = c->o;
+    unsigned char stamp[STAMP_LEN];
+    uint64_t tag = 0, body_size = 0, body_got = 0;
+    bool in_message = false;
+
+    c->ok = false;
+    while (c->received < target) {
+        uint64_t now = now_ns();
+        if (atomic_load(&failed) || now >= c->deadline)
+            break;
+        if (p && atomic_load(&p->done) && c->received >= atomic_load(&p->published_shared))
+            break;
+        uint64_t left_us = (c->deadline - now) / 1000;
+        struct timeval tv = {.tv_sec = 0,
+                             .tv_usec = (long)(left_us < WAIT_SLICE_US ? left_us : WAIT_SLICE_US)};
+        amqp_frame_t frame;
+        int status = amqp_simple_wait_frame_noblock(c->conn, &frame, &tv);
+        if (status == AMQP_STATUS_TIMEOUT)
+            continue;
+        if (status != AMQP_STATUS_OK) {
+            fail("consumer", "read: %s", amqp_error_string2(status));
+            return;
+        }
+        bool complete = false;
+        if (frame.frame_type == AMQP_FRAME_METHOD) {
+            switch (frame.payload.method.id) {
+            case AMQP_BASIC_DELIVER_METHOD:
+                tag = ((amqp_basic_deliver_t *)frame.payload.method.decoded)->delivery_tag;
+                in_message = true;
+                body_got = 0;
+                memset(stamp, 0, sizeof stamp);
+                break;
+            case AMQP_CHANNEL_CLOSE_METHOD:
+            case AMQP_CONNECTION_CLOSE_METHOD:
+                fail_on_close("consumer", &frame);
+                return;
+            default:
+                break;
+            }
+        } else if (frame.frame_type == AMQP_FRAME_HEADER && in_message) {
+            body_size = frame.payload.properties.body_size;
+            complete = body_size == 0;
+        } else if (frame.frame_type == AMQP_FRAME_BODY && in_message) {
+            amqp_bytes_t part = frame.payload.body_fragment;
+            if (body_got < STAMP_LEN) {
+                size_t n = STAMP_LEN - body_got < part.len ? STAMP_LEN - body_got : part.len;
+                memcpy(stamp + body_got, part.bytes, n);
+            }
+            body_got += part.len;
+            complete = body_got >= body_size;
+        }
+        amqp_maybe_release_buffers(c->conn);
+        if (!complete)
+            continue;
+        in_message = false;
+        c->t_last = now_ns();
+        if (c->lat_ns && body_got >= STAMP_LEN)
+            c->lat_ns[c->received] = c->t_last - get_u64(stamp);
+        c->received++;
+        if (!o->auto_ack) {
+            c->unacked_tag = tag;
+            if (++c->unacked >= o->ack_every && !consumer_ack(c))
+                return;
+        }
+    }
+    if (c->unacked && !consumer_ack(c))
+        return;
+    c->ok = true;
+}
+
+static bool consumer_start(struct consumer *c)
+{
+    const struct options *o = c->o;
+
+    if (o->prefetch) {
+        amqp_basic_qos(c->conn, CHANNEL, 0, o->prefetch, 0);
+        if (!rpc_ok(c->conn, "consumer", "basic.qos"))
+            return false;
+    }
+    amqp_basic_consume(c->conn, CHANNEL, amqp_cstring_bytes(o->queue), amqp_empty_bytes, 0,
+                       o->auto_ack, 0, amqp_empty_table);
+    return rpc_ok(c->conn, "consumer", "basic.consume");
+}
+
+/* ---- set-up, report, main ------------------------------------------------------------ */
+
+/* A fresh, empty queue: deleting first also drops one left with other flags by an earlier
+ * run (re-declaring it differently would be refused). */
+static bool queue_setup(amqp_connection_state_t conn, const struct options *o)
+{
+    amqp_bytes_t name = amqp_cstring_bytes(o->queue);
+
+    if (o->mode == MODE_CONSUME && !o->prefill) {
+        uint64_t depth = 0;
+        return queue_depth(conn, o, "setup", &depth); /* drain what is there */
+    }
+    amqp_queue_delete(conn, CHANNEL, name, 0, 0);
+    if (!rpc_ok(conn, "setup", "queue.delete"))
+        return false;
+    amqp_queue_declare(conn, CHANNEL, name, 0, o->persistent, 0, 0, amqp_empty_table);
+    return rpc_ok(conn, "setup", "queue.declare");
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Nearest-rank percentile of a sorted array, in µs. */
+static double pct_us(const uint64_t *v, uint64_t n, double pct)
+{
+    uint64_t rank = (uint64_t)((pct / 100.0) * (double)n + 0.999999);
+    if (rank < 1)
+        rank = 1;
+    return (double)v[(rank > n ? n : rank) - 1] / 1000.0;
+}
+
+static double rate_of(uint64_t n, uint64_t t0, uint64_t t1)
+{
+    return t1 > t0 ? (double)n * 1e9 / (double)(t1 - t0) : 0.0;
+}
+
+static void report(const struct options *o, const struct producer *p, const struct consumer *c,
+                   bool complete)
+{
+    bool has_pub = o->mode != MODE_CONSUME;
+    bool has_con = o->mode != MODE_PUBLISH;
+    double pub_s = has_pub ? (double)(p->t_end - p->t_start) / 1e9 : 0;
+    double pub_rate = has_pub ? rate_of(p->published, p->t_start, p->t_end) : 0;
+    double send_rate = has_pub ? rate_of(p->published, p->t_start, p->t_sent) : 0;
+    double con_s = has_con && c->received ? (double)(c->t_last - c->t_start) / 1e9 : 0;
+    double con_rate = has_con && c->received ? rate_of(c->received, c->t_start, c->t_last) : 0;
+    char lat[200] = "null", lat_h[160] = "";
+
+    if (c && c->lat_ns && c->received) {
+        qsort(c->lat_ns, c->received, sizeof *c->lat_ns, cmp_u64);
+        double p50 = pct_us(c->lat_ns, c->received, 50), p99 = pct_us(c->lat_ns, c->received, 99);
+        double p999 = pct_us(c->lat_ns, c->received, 99.9);
+        double max = (double)c->lat_ns[c->received - 1] / 1000.0;
+        snprintf(lat, sizeof lat, "{\"p50\": %.1f, \"p99\": %.1f, \"p999\": %.1f, \"max\": %.1f}",
+                 p50, p99, p999, max);
+        snprintf(lat_h, sizeof lat_h, "; latency us p50 %.0f p99 %.0f p99.9 %.0f max %.0f", p50,
+                 p99, p999, max);
+    }
+    printf("{\"mode\": \"%s\", \"size\": %zu, \"count\": %" PRIu64 ", \"confirm\": %s, "
+           "\"persistent\": %s, \"prefetch\": %u, \"ack\": \"%s\", \"ack_every\": %u, "
+           "\"rate\": %.0f, \"published\": %" PRIu64 ", \"nacked\": %" PRIu64
+           ", \"publish_s\": %.3f, \"publish_rate\": %.0f, \"send_rate\": %.0f"
+           ", \"queue_depth\": %" PRIu64
+           ", \"consumed\": %" PRIu64 ", \"consume_s\": %.3f, \"consume_rate\": %.0f, "
+           "\"latency_us\": %s, \"complete\": %s}\n",
+           mode_names[o->mode], o->size, o->count, o->confirm ? "true" : "false",
+           o->persistent ? "true" : "false", o->prefetch, o->auto_ack ? "auto" : "manual",
+           o->ack_every, o->rate, has_pub ? p->published : 0, has_pub ? p->nacked : 0, pub_s,
+           pub_rate, send_rate, has_pub ? p->depth : 0, has_con ? c->received : 0, con_s, con_rate,
+           lat,
+           complete ? "true" : "false");
+    fflush(stdout);
+    fprintf(stderr, "amqp_load %s %zu B%s%s: ", mode_names[o->mode], o->size,
+            o->confirm ? " confirms" : "", o->persistent ? " persistent" : "");
+    if (has_pub)
+        fprintf(stderr, "published %" PRIu64 " in %.2f s = %.0f msgs/s; ", p->published, pub_s,
+                pub_rate);
+    if (has_con)
+        fprintf(stderr, "consumed %" PRIu64 " in %.2f s = %.0f msgs/s", c->received, con_s,
+                con_rate);
+    fprintf(stderr, "%s%s\n", lat_h, complete ? "" : " (INCOMPLETE: time limit)");
+}
+
+static void usage(FILE *f)
+{
+    fputs("usage: amqp_load [options]\n"
+          "  --mode publish|consume|e2e   what to run (e2e)\n"
+          "  --count N          messages (100000)        --time S      time limit, s (30)\n"
+          "  --size BYTES       body size, >= 16 (100)   --rate N      paced msgs/s (0: max)\n"
+          "  --confirm          publisher confirms       --window N    unconfirmed max (1000)\n"
+          "  --persistent       delivery_mode 2 and a durable queue\n"
+          "  --prefetch N       basic.qos count (1000; 0: unlimited)\n"
+          "  --auto-ack         no acks                  --ack-every N one ack(multiple) per N"
+          " (100)\n"
+          "  --prefill          consume mode: publish --count messages first (untimed)\n"
+          "  --keep             leave the queue behind (it is deleted at the end otherwise)\n"
+          "  --host H (127.0.0.1) --port P (5672) --user U --password P (guest)"
+          " --vhost V (/)\n"
+          "  --queue NAME       (amqp_load)\n",
+          f);
+}
+
+static bool parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi)
+        return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_args(int argc, char **argv, struct options *o)
+{
+    static const struct option longs[] = {
+        {"mode", 1, 0, 'm'},      {"count", 1, 0, 'n'},      {"time", 1, 0, 't'},
+        {"size", 1, 0, 's'},      {"rate", 1, 0, 'r'},       {"confirm", 0, 0, 'c'},
+        {"window", 1, 0, 'w'},    {"persistent", 0, 0, 'P'}, {"prefetch", 1, 0, 'q'},
+        {"auto-ack", 0, 0, 'a'},  {"ack-every", 1, 0, 'A'},  {"prefill", 0, 0, 'f'},
+        {"keep", 0, 0, 'k'},      {"host", 1, 0, 'H'},       {"port", 1, 0, 'p'},
+        {"user", 1, 0, 'u'},      {"password", 1, 0, 'x'},   {"vhost", 1, 0, 'v'},
+        {"queue", 1, 0, 'Q'},     {"help", 0, 0, 'h'},       {0, 0, 0, 0},
+    };
+    uint64_t v = 0;
+    int ch, which = 0;
+
+    while ((ch = getopt_long(argc, argv, "", longs, &which)) != -1) {
+        bool ok = true;
+        switch (ch) {
+        case 'm':
+            if (!strcmp(optarg, "publish"))
+                o->mode = MODE_PUBLISH;
+            else if (!strcmp(optarg, "consume"))
+                o->mode = MODE_CONSUME;
+            else if (!strcmp(optarg, "e2e"))
+                o->mode = MODE_E2E;
+            else
+                ok = false;
+            break;
+        case 'n': ok = parse_u64(optarg, 1, MAX_COUNT, &o->count); break;
+        case 't': ok = parse_u64(optarg, 1, 3600, &v); o->time_limit = (double)v; break;
+        case 's': ok = parse_u64(optarg, STAMP_LEN, MAX_SIZE, &v); o->size = v; break;
+        case 'r': ok = parse_u64(optarg, 0, 10000000, &v); o->rate = (double)v; break;
+        case 'c': o->confirm = true; break;
+        case 'w': ok = parse_u64(optarg, 1, 1000000, &v); o->window = (uint32_t)v; break;
+        case 'P': o->persistent = true; break;
+        case 'q': ok = parse_u64(optarg, 0, 65535, &v); o->prefetch = (uint16_t)v; break;
+        case 'a': o->auto_ack = true; break;
+        case 'A': ok = parse_u64(optarg, 1, 65535, &v); o->ack_every = (uint32_t)v; break;
+        case 'f': o->prefill = true; break;
+        case 'k': o->keep = true; break;
+        case 'H': o->host = optarg; break;
+        case 'p': ok = parse_u64(optarg, 1, 65535, &v); o->port = (int)v; break;
+        case 'u': o->user = optarg; break;
+        case 'x': o->password = optarg; break;
+        case 'v': o->vhost = optarg; break;
+        case 'Q': o->queue = optarg; break;
+        case 'h': usage(stdout); exit(0);
+        default: ok = false; break;
+        }
+        if (!ok) {
+            if (ch != '?')
+                fprintf(stderr, "amqp_load: bad value for --%s: %s\n", longs[which].name, optarg);
+            usage(stderr);
+            return false;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "amqp_load: unexpected argument %s\n", argv[optind]);
+        return false;
+    }
+    /* With manual acks and a prefetch limit, the broker stops at prefetch unacked messages:
+     * acking less often than that would stall the run. */
+    if (!o->auto_ack && o->prefetch && o->ack_every > o->prefetch) {
+        fprintf(stderr, "amqp_load: --ack-every %u exceeds --prefetch %u: it would stall\n",
+                o->ack_every, o->prefetch);
+        return false;
+    }
+    return true;
+}
+
+int main(int argc, char **argv)
+{
+    struct options o = {
+        .host = "127.0.0.1", .port = 5672, .user = "guest", .password = "guest", .vhost = "/",
+        .queue = "amqp_load", .mode = MODE_E2E, .size = 100, .count = 100000,
+        .time_limit = 30, .window = 1000, .prefetch = 1000, .ack_every = 100,
+    };
+    if (!parse_args(argc, argv, &o))
+        return 1;
+
+    uint64_t limit_ns = (uint64_t)(o.time_limit * 1e9);
+    struct producer p = {.o = &o};
+    struct consumer c = {.o = &o};
+    bool complete = false;
+    int rc = 1;
+
+    p.settled = calloc(o.window, 1);
+    if (!p.settled) {
+        fprintf(stderr, "amqp_load: out of memory\n");
+        return 1;
+    }
+    c.conn = conn_open(&o, "consumer");
+    if (!c.conn || !queue_setup(c.conn, &o))
+        goto out;
+
+    if (o.mode == MODE_PUBLISH || (o.mode == MODE_CONSUME && o.prefill)) {
+        /* On this thread: a second connection keeps publishing apart from consuming. */
+        p.deadline = now_ns() + limit_ns;
+        producer_thread(&p);
+        if (!p.ok)
+            goto out;
+        if (o.mode == MODE_CONSUME) {
+            fprintf(stderr, "amqp_load: prefilled %" PRIu64 " messages (%.0f msgs/s)\n",
+                    p.published, rate_of(p.published, p.t_start, p.t_end));
+            if (p.published < o.count || p.depth < o.count) {
+                fprintf(stderr, "amqp_load: prefill incomplete: published %" PRIu64
+                        ", queue depth %" PRIu64 "\n", p.published, p.depth);
+                goto out;
+            }
+        }
+    }
+    if (o.mode == MODE_PUBLISH) {
+        complete = p.published == o.count;
+    } else {
+        if (o.mode == MODE_E2E) {
+            c.lat_ns = malloc(o.count * sizeof *c.lat_ns);
+            if (!c.lat_ns) {
+                fprintf(stderr, "amqp_load: out of memory for %" PRIu64 " latencies\n", o.count);
+                goto out;
+            }
+        }
+        if (!consumer_start(&c))
+            goto out;
+        pthread_t tid;
+        c.t_start = now_ns();
+        c.deadline = c.t_start + limit_ns;
+        if (o.mode == MODE_E2E) {
+            p.deadline = c.deadline;
+            if (pthread_create(&tid, NULL, producer_thread, &p) != 0) {
+                fprintf(stderr, "amqp_load: cannot start the producer thread\n");
+                goto out;
+            }
+        }
+        consumer_run(&c, o.count, o.mode == MODE_E2E ? &p : NULL);
+        if (o.mode == MODE_E2E) {
+            pthread_join(tid, NULL);
+            c.t_start = p.t_start; /* e2e rates both count from the first publish */
+        }
+        if (!c.ok || (o.mode == MODE_E2E && !p.ok))
+            goto out;
+        complete = c.received == o.count;
+    }
+    report(&o, &p, &c, complete);
+    rc = complete ? 0 : 2;
+    if (!o.keep) {
+        amqp_queue_delete(c.conn, CHANNEL, amqp_cstring_bytes(o.queue), 0, 0);
+        if (!rpc_ok(c.conn, "cleanup", "queue.delete"))
+            rc = 1;
+    }
+out:
+    conn_close(c.conn);
+    free(c.lat_ns);
+    free(p.settled);
+    return rc;
+}
