@@ -258,19 +258,8 @@ static struct amqp_rd rd_block(struct amqp_rd *r)
 static int rd_table(struct amqp_rd *r, int depth, struct wr_table **out);
 static int rd_array(struct amqp_rd *r, int depth, struct wr_array **out);
 
-/* A malloc'd, NUL-terminated copy, as value.c keeps names and strings. */
-static char *copy_str(struct wr_str s)
-{
-    char *c = malloc(s.len + 1);
-    if (c) {
-        if (s.len)
-            memcpy(c, s.ptr, s.len);
-        c[s.len] = '\0';
-    }
-    return c;
-}
-
-/* Decodes the value tagged tag into *v, which then owns what it points to. */
+/* Decodes the value tagged tag into *v. Strings borrow from the input; a nested table or
+ * array is a new one that v owns (value_drop frees it). */
 static int rd_value(struct amqp_rd *r, uint8_t tag, int depth, struct wr_value *v)
 {
     uint32_t f32 = 0;
@@ -308,11 +297,8 @@ static int rd_value(struct amqp_rd *r, uint8_t tag, int depth, struct wr_value *
         struct wr_str s = amqp_rd_longstr(r);
         if (r->bad)
             return AMQP_SYNTAX_ERROR;
-        char *c = copy_str(s);
-        if (!c)
-            return AMQP_INTERNAL_ERROR;
         v->type = tag == 'S' ? WR_V_STR : WR_V_BYTES;
-        v->u.s.ptr = c;
+        v->u.s.ptr = s.ptr ? s.ptr : "";
         v->u.s.len = s.len;
         break;
     }
@@ -343,30 +329,13 @@ static int rd_value(struct amqp_rd *r, uint8_t tag, int depth, struct wr_value *
     return r->bad ? AMQP_SYNTAX_ERROR : 0;
 }
 
-/* Frees what rd_value put in v (tables and arrays free their own values). */
+/* Frees the nested table or array rd_value made for v. */
 static void value_drop(struct wr_value *v)
 {
-    switch (v->type) {
-    case WR_V_STR:
-    case WR_V_BYTES: free((void *)v->u.s.ptr); break;
-    case WR_V_TABLE: wr_table_free((struct wr_table *)v->u.table); break;
-    case WR_V_ARRAY: wr_array_free((struct wr_array *)v->u.array); break;
-    default: break;
-    }
-}
-
-/* Grows an items array the way wr_table_add and wr_array_add do (4, then doubling at each
- * power of two), so a decoded table or array accepts their appends afterwards. */
-static bool grow(void **items, size_t count, size_t size)
-{
-    if (count != 0 && (count < 4 || (count & (count - 1)) != 0))
-        return true;
-    size_t cap = count ? count * 2 : 4;
-    void *p = realloc(*items, cap * size);
-    if (!p)
-        return false;
-    *items = p;
-    return true;
+    if (v->type == WR_V_TABLE)
+        wr_table_free((struct wr_table *)v->u.table);
+    else if (v->type == WR_V_ARRAY)
+        wr_array_free((struct wr_array *)v->u.array);
 }
 
 static int rd_table(struct amqp_rd *r, int depth, struct wr_table **out)
@@ -392,14 +361,13 @@ static int rd_table(struct amqp_rd *r, int depth, struct wr_table **out)
         rc = rd_value(&b, tag, depth, &v);
         if (rc)
             break;
-        char *c = NULL;
-        if (!grow((void **)&t->fields, t->count, sizeof *t->fields) ||
-            !(c = copy_str(name))) {
-            value_drop(&v);
+        /* wr_table_add deep-copies; a name is a shortstr, so it fits the stack. */
+        char cname[256];
+        memcpy(cname, name.ptr ? name.ptr : "", name.len);
+        cname[name.len] = '\0';
+        if (wr_table_add(t, cname, &v) != WR_OK)
             rc = AMQP_INTERNAL_ERROR;
-            break;
-        }
-        t->fields[t->count++] = (struct wr_field){c, name.len, v};
+        value_drop(&v);
     }
     if (rc) {
         if (rc == AMQP_SYNTAX_ERROR)
@@ -429,12 +397,9 @@ static int rd_array(struct amqp_rd *r, int depth, struct wr_array **out)
         rc = rd_value(&b, tag, depth, &v);
         if (rc)
             break;
-        if (!grow((void **)&a->items, a->count, sizeof *a->items)) {
-            value_drop(&v);
+        if (wr_array_add(a, &v) != WR_OK)
             rc = AMQP_INTERNAL_ERROR;
-            break;
-        }
-        a->items[a->count++] = v;
+        value_drop(&v);
     }
     if (rc) {
         if (rc == AMQP_SYNTAX_ERROR)
