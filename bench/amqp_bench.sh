@@ -115,14 +115,19 @@ def machine_ticks():
     return sum(v) - v[3] - v[4], sum(v)  # idle and iowait are not busy
 
 
-def proc_ticks(pid):
-    """CPU ticks (user + system, own and waited-for children) a process has used so far."""
+def proc_cpu(pid):
+    """CPU seconds all threads of a process have run so far (schedstat: ns, not ticks)."""
+    total = 0
     try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return sum(int(x) for x in fields[11:15])
-    except (OSError, ValueError):
-        return 0
+        for tid in os.listdir("/proc/%d/task" % pid):
+            try:
+                with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError):
+                pass  # a thread that just ended
+    except OSError:
+        pass
+    return total / 1e9
 
 
 def children_cpu():
@@ -194,7 +199,7 @@ def run_load(port, broker_pid, case_args):
     the machine (which should be near 0: anything more means the numbers are disturbed)."""
     settle()
     cmd = [load_bin, "--port", str(port), "--time", str(time_limit)] + case_args
-    m0, b0, t0 = machine_ticks()[0], proc_ticks(broker_pid), time.monotonic()
+    m0, b0, t0 = machine_ticks()[0], proc_cpu(broker_pid), time.monotonic()
     l0 = children_cpu()
     try:
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -209,7 +214,7 @@ def run_load(port, broker_pid, case_args):
         return None, "amqp_load did not finish within %d s" % (time_limit + 60)
     wall = time.monotonic() - t0
     machine = (machine_ticks()[0] - m0) / TICK
-    broker = (proc_ticks(broker_pid) - b0) / TICK
+    broker = proc_cpu(broker_pid) - b0
     load = children_cpu() - l0
     if p.returncode not in (0, 2):
         return None, (err.strip() or "exit status %d" % p.returncode)

@@ -13,8 +13,9 @@
  * receipt, not the scheduled time: with --rate below what the broker sustains the two agree.
  *
  * Output: one JSON line on stdout (for scripts) and one human line on stderr.
- * Exit status: 0 complete, 1 error (connection, protocol, arguments), 2 the time limit cut the
- * run short (the JSON line is still printed, with "complete": false).
+ * Exit status: 0 complete, 1 error (connection, protocol, arguments, or deliveries that came
+ * out of publish order or with the wrong size: one producer and one queue must give FIFO),
+ * 2 the time limit cut the run short (the JSON line is still printed, "complete": false).
  *
  * It is built on rabbitmq-c (librabbitmq), one connection per thread as that library requires.
  */
@@ -420,6 +421,9 @@ struct consumer {
     uint64_t *lat_ns;          /* one per message, when latency is measured */
     uint64_t unacked_tag;      /* last delivery tag not yet acked (manual ack), 0 if none */
     uint32_t unacked;
+    /* One producer and one queue: deliveries must come in publish order, whole. */
+    uint64_t next_seq;
+    uint64_t out_of_order, wrong_size;
     bool ok;
 };
 
@@ -497,6 +501,9 @@ static void consumer_run(struct consumer *c, uint64_t target, struct producer *p
         c->t_last = now_ns();
         if (c->lat_ns && body_got >= STAMP_LEN)
             c->lat_ns[c->received] = c->t_last - get_u64(stamp);
+        c->wrong_size += body_got != o->size;
+        c->out_of_order += get_u64(stamp + 8) != c->next_seq;
+        c->next_seq = get_u64(stamp + 8) + 1;
         c->received++;
         if (!o->auto_ack) {
             c->unacked_tag = tag;
@@ -590,12 +597,13 @@ static void report(const struct options *o, const struct producer *p, const stru
            ", \"publish_s\": %.3f, \"publish_rate\": %.0f, \"send_rate\": %.0f"
            ", \"queue_depth\": %" PRIu64
            ", \"consumed\": %" PRIu64 ", \"consume_s\": %.3f, \"consume_rate\": %.0f, "
+           "\"out_of_order\": %" PRIu64 ", \"wrong_size\": %" PRIu64 ", "
            "\"latency_us\": %s, \"complete\": %s}\n",
            mode_names[o->mode], o->size, o->count, o->confirm ? "true" : "false",
            o->persistent ? "true" : "false", o->prefetch, o->auto_ack ? "auto" : "manual",
            o->ack_every, o->rate, has_pub ? p->published : 0, has_pub ? p->nacked : 0, pub_s,
            pub_rate, send_rate, has_pub ? p->depth : 0, has_con ? c->received : 0, con_s, con_rate,
-           lat,
+           c->out_of_order, c->wrong_size, lat,
            complete ? "true" : "false");
     fflush(stdout);
     fprintf(stderr, "amqp_load %s %zu B%s%s: ", mode_names[o->mode], o->size,
@@ -759,11 +767,11 @@ int main(int argc, char **argv)
                 goto out;
             }
         }
+        pthread_t tid;
+        c.t_start = now_ns(); /* a full queue starts delivering as soon as consume-ok is out */
+        c.deadline = c.t_start + limit_ns;
         if (!consumer_start(&c))
             goto out;
-        pthread_t tid;
-        c.t_start = now_ns();
-        c.deadline = c.t_start + limit_ns;
         if (o.mode == MODE_E2E) {
             p.deadline = c.deadline;
             if (pthread_create(&tid, NULL, producer_thread, &p) != 0) {
@@ -782,6 +790,12 @@ int main(int argc, char **argv)
     }
     report(&o, &p, &c, complete);
     rc = complete ? 0 : 2;
+    if (c.out_of_order || c.wrong_size) {
+        fprintf(stderr, "amqp_load: broker error: %" PRIu64 " deliveries out of publish order, "
+                "%" PRIu64 " of the wrong size (expected %zu B)\n", c.out_of_order,
+                c.wrong_size, o.size);
+        rc = 1;
+    }
     if (!o.keep) {
         amqp_queue_delete(c.conn, CHANNEL, amqp_cstring_bytes(o.queue), 0, 0);
         if (!rpc_ok(c.conn, "cleanup", "queue.delete"))

@@ -168,12 +168,17 @@ bool wr_broker_user_may_access(const struct wr_broker *b, const char *user, cons
 
 /* ---- vhosts ------------------------------------------------------------------------- */
 
-/* The exchanges every RabbitMQ vhost has, by name and type. */
+/* The exchanges every RabbitMQ vhost has, by name and type. amq.rabbitmq.trace is the
+ * internal exchange of RabbitMQ's firehose tracer: clients see it exist (a passive declare
+ * succeeds, a publish is refused as internal), and nothing publishes to it here. */
 static const struct {
     const char *name, *type;
+    bool internal;
 } predeclared[] = {
-    {"", "direct"},           {"amq.direct", "direct"}, {"amq.fanout", "fanout"},
-    {"amq.topic", "topic"},   {"amq.headers", "headers"}, {"amq.match", "headers"},
+    {"", "direct", false},           {"amq.direct", "direct", false},
+    {"amq.fanout", "fanout", false}, {"amq.topic", "topic", false},
+    {"amq.headers", "headers", false}, {"amq.match", "headers", false},
+    {"amq.rabbitmq.trace", "topic", true},
 };
 
 int wr_vhost_add(struct wr_broker *b, const char *name, struct wr_vhost **out,
@@ -194,7 +199,8 @@ int wr_vhost_add(struct wr_broker *b, const char *name, struct wr_vhost **out,
     for (size_t i = 0; i < sizeof predeclared / sizeof predeclared[0]; i++) {
         struct wr_exchange_decl decl = {.name = predeclared[i].name,
                                         .type = predeclared[i].type,
-                                        .durable = true};
+                                        .durable = true,
+                                        .internal = predeclared[i].internal};
         struct wr_exchange *ex;
         int rc = exchange_create(vh, &decl, true, &ex, err);
         if (rc != WR_OK) {

@@ -255,6 +255,7 @@ const char *wr_exchange_type(const struct wr_exchange *ex) { return ex->ctx->plu
 bool wr_exchange_is_internal(const struct wr_exchange *ex) { return ex->internal; }
 bool wr_exchange_is_durable(const struct wr_exchange *ex) { return ex->durable; }
 bool wr_exchange_is_auto_delete(const struct wr_exchange *ex) { return ex->auto_delete; }
+const struct wr_table *wr_exchange_args(const struct wr_exchange *ex) { return ex->args; }
 uint32_t wr_exchange_binding_count(const struct wr_exchange *ex) { return ex->n_out; }
 
 /* ---- bindings ----------------------------------------------------------------------- */

@@ -407,6 +407,8 @@ uint64_t wr_queue_unacked(const struct wr_queue *q)
 
 uint32_t wr_queue_consumer_count(const struct wr_queue *q) { return q->n_consumers; }
 const struct wr_table *wr_queue_args(const struct wr_queue *q) { return q->args; }
+bool wr_queue_is_auto_delete(const struct wr_queue *q) { return q->auto_delete; }
+bool wr_queue_is_exclusive(const struct wr_queue *q) { return q->exclusive; }
 const char *wr_queue_name(const struct wr_queue *q) { return q->name; }
 const void *wr_queue_owner(const struct wr_queue *q) { return q->owner; }
 bool wr_queue_is_durable(const struct wr_queue *q) { return q->durable; }
@@ -529,13 +531,16 @@ static bool consumer_can_take(struct wr_consumer *c)
 }
 
 /* The next consumer round-robin that can take a message, or NULL. */
-static struct wr_consumer *next_consumer(struct wr_queue *q)
+/* The next consumer round-robin that can take a message, or NULL; *at gets its index.
+ * The caller moves q->rr past it only once a message was really handed over, so an idle
+ * dispatch does not skip a consumer's turn. */
+static struct wr_consumer *next_consumer(struct wr_queue *q, uint32_t *at)
 {
     for (uint32_t i = 0; i < q->n_consumers; i++) {
-        struct wr_consumer *c = q->consumers[(q->rr + i) % q->n_consumers];
-        if (consumer_can_take(c)) {
-            q->rr = (q->rr + i + 1) % q->n_consumers;
-            return c;
+        uint32_t k = (q->rr + i) % q->n_consumers;
+        if (consumer_can_take(q->consumers[k])) {
+            *at = k;
+            return q->consumers[k];
         }
     }
     return NULL;
@@ -544,7 +549,8 @@ static struct wr_consumer *next_consumer(struct wr_queue *q)
 static void queue_dispatch(struct wr_queue *q)
 {
     struct wr_consumer *c;
-    while (!q->deleted && (c = next_consumer(q))) {
+    uint32_t at = 0;
+    while (!q->deleted && (c = next_consumer(q, &at))) {
         struct wr_stored st;
         /* Judged as of when the dispatch was scheduled: RabbitMQ decides at enqueue, so a
          * TTL-0 message still reaches a consumer that was waiting for it. */
@@ -552,6 +558,7 @@ static void queue_dispatch(struct wr_queue *q)
             expire_head(q, q->vh->broker->dispatch_ms);
         if (q->ops->next(q->state, &st) != WR_OK)
             break;
+        q->rr = (at + 1) % q->n_consumers;
         if (!c->no_ack && !tagset_add(&c->unacked, st.tag)) {
             wr_log(WR_LOG_ERROR, "queue", "out of memory tracking a delivery on '%s'",
                    q->name);

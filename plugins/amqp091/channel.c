@@ -18,6 +18,10 @@
  *
  * Transactions: publishes are kept as built messages and acks as a choice marked on the
  * delivery; commit applies them in order, then waits for a barrier before commit-ok.
+ *
+ * Also RabbitMQ's extensions a client may count on: exchange-to-exchange bindings, per-consumer
+ * and channel-wide prefetch, consumer cancel notifications, direct reply-to, and the "" queue
+ * name meaning the queue the channel declared last.
  */
 #include "conn.h"
 
@@ -93,6 +97,11 @@ struct amqp_chan_priv {
     uint64_t next_tag;         /* the next delivery tag, from 1 */
 
     char last_queue[256];      /* the queue declared last, for the "" shortcut */
+
+    /* Direct reply-to: the reply consumer's tag (reply_tag_len 0: none) and its route. */
+    char reply_tag[256];
+    uint8_t reply_tag_len;
+    struct reply_route *reply;
 
     /* Publisher confirms. */
     bool confirm;
@@ -207,8 +216,8 @@ static bool reserved(const char *name)
     return strncmp(name, "amq.", 4) == 0;
 }
 
-/* prefix + "-" + 22 random URL-safe base64 characters, the shape of RabbitMQ's
- * server-generated names ("amq.ctag-...", "amq.gen-..."). */
+/* prefix + 22 random URL-safe base64 characters, the shape of RabbitMQ's server-generated
+ * names ("amq.ctag-...", "amq.gen-..."). */
 static void gen_name(char out[256], const char *prefix)
 {
     static const char b64[] =
@@ -218,7 +227,7 @@ static void gen_name(char out[256], const char *prefix)
     if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
         for (size_t i = 0; i < sizeof rnd; i++)
             rnd[i] = (uint8_t)((++counter * 0x9E3779B97F4A7C15ull) >> 56);
-    int n = snprintf(out, 256, "%s-", prefix);
+    int n = snprintf(out, 256, "%s", prefix);
     for (size_t i = 0; i < sizeof rnd; i++)
         out[n + i] = b64[rnd[i] & 63];
     out[n + sizeof rnd] = '\0';
@@ -549,6 +558,136 @@ static const struct wr_consumer_ops consumer_ops = {
     .ready = consumer_ready,
     .cancelled = consumer_cancelled,
 };
+
+/* ---- direct reply-to ------------------------------------------------------------------- */
+
+/* RabbitMQ's direct reply-to: a channel consuming the pseudo-queue amq.rabbitmq.reply-to
+ * (no-ack) gets, through the default exchange, every message published to the routing key
+ * "amq.rabbitmq.reply-to.<its key>"; its own publishes with reply_to set to the pseudo-queue
+ * carry that name instead. A reply reaches no real queue, so a mandatory one also comes back
+ * with basic.return, as in RabbitMQ. The routes of every channel live in one table. */
+#define REPLY_TO "amq.rabbitmq.reply-to"
+#define REPLY_TO_LEN (sizeof REPLY_TO - 1)
+#define REPLY_BUCKETS 256
+
+struct reply_route {
+    struct reply_route *next;
+    struct amqp_chan *ch;
+    size_t name_len;
+    char name[64];             /* "amq.rabbitmq.reply-to.<22 random characters>" */
+};
+
+static struct reply_route *reply_routes[REPLY_BUCKETS];
+
+static struct reply_route **reply_bucket(struct wr_str name)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < name.len; i++)
+        h = (h ^ (uint8_t)name.ptr[i]) * 16777619u;
+    return &reply_routes[h % REPLY_BUCKETS];
+}
+
+static struct reply_route *reply_find(struct wr_str name)
+{
+    for (struct reply_route *r = *reply_bucket(name); r; r = r->next)
+        if (r->name_len == name.len && memcmp(r->name, name.ptr, name.len) == 0)
+            return r;
+    return NULL;
+}
+
+static bool reply_start(struct amqp_chan_priv *pv, struct amqp_chan *ch)
+{
+    struct reply_route *r = malloc(sizeof *r);
+    if (!r)
+        return false;
+    r->ch = ch;
+    do {
+        char name[256];
+        gen_name(name, REPLY_TO ".");
+        r->name_len = strlen(name);
+        memcpy(r->name, name, r->name_len + 1);
+    } while (reply_find((struct wr_str){r->name, r->name_len}));
+    struct reply_route **bucket = reply_bucket((struct wr_str){r->name, r->name_len});
+    r->next = *bucket;
+    *bucket = r;
+    pv->reply = r;
+    return true;
+}
+
+static void reply_stop(struct amqp_chan_priv *pv)
+{
+    struct reply_route *r = pv->reply;
+    if (!r)
+        return;
+    for (struct reply_route **pp = reply_bucket((struct wr_str){r->name, r->name_len}); *pp;
+         pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
+    free(r);
+    pv->reply = NULL;
+    pv->reply_tag_len = 0;
+}
+
+static bool is_reply_name(struct wr_str s)
+{
+    return s.len > REPLY_TO_LEN && memcmp(s.ptr, REPLY_TO ".", REPLY_TO_LEN + 1) == 0;
+}
+
+/* A message published through the default exchange to a reply route. RabbitMQ sends it
+ * with the channel's next delivery tag without using it up; so do we. */
+static void reply_deliver(const struct wr_msg *msg)
+{
+    struct reply_route *r = reply_find(msg->routing_key);
+    if (!r || r->ch->state != AMQP_CHAN_OPEN)
+        return;
+    struct amqp_chan *ch = r->ch;
+    struct amqp_chan_priv *pv = ch->priv;
+    struct amqp_method m = {.id = AMQP_BASIC_DELIVER};
+    m.u.basic_deliver = (struct amqp_basic_deliver){
+        .consumer_tag = {pv->reply_tag, pv->reply_tag_len},
+        .delivery_tag = pv->next_tag,
+        .redelivered = false,
+        .exchange = msg->exchange,
+        .routing_key = msg->routing_key,
+    };
+    send_content(ch, &m, msg);
+}
+
+static void reply_consume(struct amqp_chan *ch, const struct amqp_method *m)
+{
+    const struct amqp_basic_consume *a = &m->u.basic_consume;
+    struct amqp_chan_priv *pv = ch->priv;
+    if (a->consumer_tag.len && consumer_find(pv, a->consumer_tag)) {
+        char tag[256];
+        str_copy(tag, a->consumer_tag);
+        fail(ch, AMQP_NOT_ALLOWED, m->id, "attempt to reuse consumer tag '%s'", tag);
+        return;
+    }
+    if (!a->no_ack) {
+        fail(ch, AMQP_PRECONDITION_FAILED, m->id, "reply consumer cannot acknowledge");
+        return;
+    }
+    if (pv->reply) {
+        fail(ch, AMQP_PRECONDITION_FAILED, m->id, "reply consumer already set");
+        return;
+    }
+    if (!reply_start(pv, ch)) {
+        fail_oom(ch, m->id);
+        return;
+    }
+    if (a->consumer_tag.len)
+        str_copy(pv->reply_tag, a->consumer_tag);
+    else
+        gen_name(pv->reply_tag, "amq.ctag-");
+    pv->reply_tag_len = (uint8_t)strlen(pv->reply_tag);
+    if (a->nowait)
+        return;
+    struct amqp_method r = {.id = AMQP_BASIC_CONSUME_OK};
+    r.u.basic_consume_ok.consumer_tag = (struct wr_str){pv->reply_tag, pv->reply_tag_len};
+    conn_send(ch->conn, ch->id, &r);
+}
 
 /* ---- publisher confirms and barriers --------------------------------------------------- */
 
@@ -1272,10 +1411,9 @@ static bool args_key_equivalent(struct amqp_chan *ch, uint32_t method_id, const 
         return true;
     if (cur && rcv && value_same(cur, rcv))
         return true;
-    bool is_type = strcmp(key, "x-queue-type") == 0;
     const struct wr_value *given = cur ? cur : rcv;
-    if (is_type && (!cur || !rcv) && given->type == WR_V_STR && given->u.s.len == 7 &&
-        memcmp(given->u.s.ptr, "classic", 7) == 0)
+    if (!(cur && rcv) && strcmp(key, "x-queue-type") == 0 && given->type == WR_V_STR &&
+        str_eq((struct wr_str){given->u.s.ptr, given->u.s.len}, "classic"))
         return true;
     char cur_text[256] = "none", rcv_text[256] = "none", v[220];
     if (cur && rcv) {
@@ -1394,12 +1532,35 @@ static bool queue_equivalent(struct amqp_chan *ch, uint32_t method_id, struct wr
     return true;
 }
 
+/* The pseudo-queue and the reply routes exist for queue.declare (passive or not) while
+ * they have their consumer, as RabbitMQ reports them: no messages, one consumer. */
+static void reply_declare(struct amqp_chan *ch, const struct amqp_method *m, const char *name)
+{
+    struct amqp_chan_priv *pv = ch->priv;
+    struct wr_str s = wr_str_c(name);
+    const struct reply_route *r = is_reply_name(s) ? reply_find(s) : NULL;
+    if (!str_eq(s, REPLY_TO) && !(r && r->ch->state == AMQP_CHAN_OPEN)) {
+        fail(ch, AMQP_NOT_FOUND, m->id, "no queue '%s' in vhost '%s'", name, vhost_of(ch));
+        return;
+    }
+    snprintf(pv->last_queue, sizeof pv->last_queue, "%s", name);
+    if (m->u.queue_declare.nowait)
+        return;
+    struct amqp_method r_ok = {.id = AMQP_QUEUE_DECLARE_OK};
+    r_ok.u.queue_declare_ok = (struct amqp_queue_declare_ok){s, 0, 1};
+    conn_send(ch->conn, ch->id, &r_ok);
+}
+
 static void queue_declare(struct amqp_chan *ch, const struct amqp_method *m)
 {
     const struct amqp_queue_declare *a = &m->u.queue_declare;
     struct wr_vhost *vh = ch->conn->vhost;
     char name[256];
     name_copy(name, a->queue);
+    if (a->queue.len >= REPLY_TO_LEN && memcmp(a->queue.ptr, REPLY_TO, REPLY_TO_LEN) == 0) {
+        reply_declare(ch, m, name);
+        return;
+    }
     if (a->passive) {
         struct wr_queue *q = queue_or_die(ch, m->id, name);
         if (q)
@@ -1436,7 +1597,7 @@ static void queue_declare(struct amqp_chan *ch, const struct amqp_method *m)
         if (name[0])
             memcpy(shown, name, sizeof name);
         else
-            gen_name(shown, "amq.gen");
+            gen_name(shown, "amq.gen-");
         const struct wr_value *dlx = wr_table_get(a->arguments, "x-dead-letter-exchange");
         if (dlx && dlx->type != WR_V_STR) {
             fail(ch, AMQP_PRECONDITION_FAILED, m->id,
@@ -1638,6 +1799,10 @@ static void basic_consume(struct amqp_chan *ch, const struct amqp_method *m)
     const struct amqp_basic_consume *a = &m->u.basic_consume;
     struct amqp_chan_priv *pv = ch->priv;
     char name[256];
+    if (str_eq(a->queue, REPLY_TO)) {
+        reply_consume(ch, m);
+        return;
+    }
     if (!queue_name(ch, m->id, a->queue, name))
         return;
     if (a->consumer_tag.len && consumer_find(pv, a->consumer_tag)) {
@@ -1659,7 +1824,7 @@ static void basic_consume(struct amqp_chan *ch, const struct amqp_method *m)
     if (a->consumer_tag.len)
         str_copy(cons->tag, a->consumer_tag);
     else
-        gen_name(cons->tag, "amq.ctag");
+        gen_name(cons->tag, "amq.ctag-");
     cons->tag_len = (uint8_t)strlen(cons->tag);
     struct wr_consume_args args = {pv->prefetch, a->no_ack, a->exclusive};
     struct wr_error err = {0};
@@ -1689,7 +1854,10 @@ static void basic_cancel(struct amqp_chan *ch, const struct amqp_method *m)
     const struct amqp_basic_cancel *a = &m->u.basic_cancel;
     struct amqp_chan_priv *pv = ch->priv;
     struct consumer *cons = consumer_find(pv, a->consumer_tag);
-    if (cons) {
+    if (pv->reply && a->consumer_tag.len == pv->reply_tag_len &&
+        memcmp(a->consumer_tag.ptr, pv->reply_tag, pv->reply_tag_len) == 0)
+        reply_stop(pv);
+    else if (cons) {
         /* Its unacked deliveries stay on the channel until acked or the channel closes. */
         struct wr_consumer *c = cons->c;
         consumer_forget(pv, cons);
@@ -1826,6 +1994,8 @@ static int publish_route(struct amqp_chan *ch, struct wr_exchange *ex, struct wr
 {
     uint32_t refused = 0;
     int stored = 0;
+    if (msg->exchange.len == 0 && is_reply_name(msg->routing_key))
+        reply_deliver(msg);
     if (ex) {
         struct wr_error err = {0};
         stored = wr_publish(ex, msg, &refused, &err);
@@ -1876,6 +2046,16 @@ void chan_publish(struct amqp_chan *ch, const struct amqp_basic_publish *p,
         return;
     }
     const struct wr_props *props = &h->props;
+    struct wr_props rewritten;
+    if (str_eq(props->reply_to, REPLY_TO)) {
+        if (!pv->reply) {
+            fail(ch, AMQP_PRECONDITION_FAILED, id, "fast reply consumer does not exist");
+            return;
+        }
+        rewritten = *props;
+        rewritten.reply_to = (struct wr_str){pv->reply->name, pv->reply->name_len};
+        props = &rewritten;
+    }
     char why[128];
     if (props->expiration.ptr && !expiration_valid(props->expiration, why, sizeof why)) {
         fail(ch, AMQP_PRECONDITION_FAILED, id, "invalid expiration '%.*s': %s",
@@ -2121,6 +2301,7 @@ void chan_release(struct amqp_chan *ch)
     if (pv->released)
         return;
     pv->released = true;
+    reply_stop(pv);
     if (pv->flush_deferred)
         wr_loop_defer_cancel(wr_broker_loop(broker_of(ch)), confirm_flush, ch);
     pv->flush_deferred = false;

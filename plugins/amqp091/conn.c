@@ -53,6 +53,9 @@
 /* Heartbeat ticks come every half interval; this many quiet ticks in a row (two intervals)
  * mean the client is gone. */
 #define QUIET_TICKS_MAX 4
+/* The spec's frame-min-size, which RabbitMQ 3.10 applies before tune-ok and as the lowest
+ * frame_max a client may pick (the codegen JSON's 8192 is RabbitMQ 4.1's). */
+#define FRAME_MIN_SIZE 4096
 #define BASIC_CLASS 60
 #define REPLY_TEXT_MAX 255
 
@@ -82,6 +85,7 @@ struct conn {
     int mask;           /* what the loop watches for */
 
     uint32_t n_slots;   /* entries in c.chans and contents */
+    uint32_t n_chans;   /* channels in c.chans: the negotiated channel_max limits them */
     struct content **contents;
 
     uint64_t handshake_timer, tick_timer, close_timer;
@@ -212,7 +216,7 @@ static void flush(struct conn *k)
             break;
         } else {
             conn_log(k, c->state == AMQP_CONN_OPEN ? WR_LOG_WARN : WR_LOG_DEBUG,
-                 "write failed: %s", strerror(errno));
+                     "write failed: %s", strerror(errno));
             k->dead = true;
             return;
         }
@@ -308,8 +312,8 @@ static bool slots_reserve(struct conn *k, uint16_t id)
     uint32_t n = k->n_slots ? k->n_slots : 16;
     while (n <= id)
         n *= 2;
-    if (n > (uint32_t)k->c.channel_max + 1)
-        n = (uint32_t)k->c.channel_max + 1;
+    if (n > UINT16_MAX + 1u)
+        n = UINT16_MAX + 1u;
     struct amqp_chan **chans = realloc(k->c.chans, n * sizeof *chans);
     if (!chans)
         return false;
@@ -345,6 +349,7 @@ static void free_channel(struct conn *k, uint16_t id)
 {
     chan_free(k->c.chans[id]);
     k->c.chans[id] = NULL;
+    k->n_chans--;
     if (k->contents[id])
         content_reset(k->contents[id]);
 }
@@ -365,7 +370,7 @@ static void on_close_timeout(struct wr_loop *lp, void *data)
     k->close_timer = 0;
     if (k->c.state == AMQP_CONN_CLOSING)
         conn_log(k, WR_LOG_WARN, "no connection.close-ok within %d s; closing the socket",
-             CLOSE_OK_TIMEOUT_MS / 1000);
+                 CLOSE_OK_TIMEOUT_MS / 1000);
     k->dead = true;
     settle(k);
 }
@@ -391,8 +396,8 @@ static void drain(struct conn *k, uint64_t ms, bool shut_when_flushed)
     set_close_timer(k, ms);
 }
 
-/* Sends connection.close, or, where RabbitMQ drops the socket instead (most errors before
- * connection.open), closes silently after a pause. text is the whole reply text. fatal: the
+/* Sends connection.close, or, where RabbitMQ 3.10 drops the socket instead (errors before
+ * tune-ok, a refused login aside), closes silently after a pause. text is the whole reply text. fatal: the
  * framing is lost, nothing more can be read. */
 static void close_with(struct conn *k, bool fatal, uint16_t code, uint32_t method_id,
                        const char *text)
@@ -400,14 +405,13 @@ static void close_with(struct conn *k, bool fatal, uint16_t code, uint32_t metho
     struct amqp_conn *c = &k->c;
     if (c->state == AMQP_CONN_CLOSED)
         return;
-    bool respond = c->state == AMQP_CONN_OPEN || c->state == AMQP_CONN_OPEN_WAIT ||
-                   (c->state == AMQP_CONN_TUNE_OK && code == AMQP_NOT_ALLOWED) ||
-                   (c->state == AMQP_CONN_START_OK && code == AMQP_ACCESS_REFUSED);
     if (c->state == AMQP_CONN_CLOSING) {
         if (fatal)
             drain(k, SILENT_CLOSE_MS, true);
         return;
     }
+    bool respond = c->state == AMQP_CONN_OPEN || c->state == AMQP_CONN_OPEN_WAIT ||
+                   (c->state == AMQP_CONN_START_OK && code == AMQP_ACCESS_REFUSED);
     release_channels(k);
     if (!respond) {
         drain(k, SILENT_CLOSE_MS, false);
@@ -441,9 +445,9 @@ static void vfail(struct conn *k, bool fatal, uint16_t code, uint32_t method_id,
     int n = snprintf(text, sizeof text, "%s - ", name ? name : "ERROR");
     vsnprintf(text + n, sizeof text - (size_t)n, fmt, ap);
     conn_log(k, WR_LOG_WARN, "(vhost '%s', user '%s', state %s) operation %s caused a connection "
-         "exception: %s",
-         k->c.vhost ? wr_vhost_name(k->c.vhost) : "", k->c.user, state_name(k),
-         method_name(method_id), text);
+             "exception: %s",
+             k->c.vhost ? wr_vhost_name(k->c.vhost) : "", k->c.user, state_name(k),
+             method_name(method_id), text);
     close_with(k, fatal, code, method_id, text);
 }
 
@@ -545,7 +549,7 @@ static void protocol_header(struct conn *k, const uint8_t *p)
         char bytes[96];
         render_bytes(p, 8, bytes, sizeof bytes);
         conn_log(k, WR_LOG_WARN, "client did not start with the AMQP 0-9-1 protocol header: %s",
-             bytes);
+                 bytes);
         amqp_wr_bytes(&k->c.out, v091, 8);
         drain(k, DRAIN_MS, true);
         return;
@@ -626,7 +630,7 @@ static void on_start_ok(struct conn *k, const struct amqp_connection_start_ok *s
     struct amqp_conn *c = &k->c;
     struct amqp_listener *l = c->l;
     read_capabilities(c, s->client_properties);
-    char user[sizeof c->user], pass[1024];
+    char user[sizeof c->user] = "", pass[1024] = "";
     int parsed;
     if (s->mechanism.len == 5 && !memcmp(s->mechanism.ptr, "PLAIN", 5)) {
         k->mechanism = "PLAIN";
@@ -645,13 +649,19 @@ static void on_start_ok(struct conn *k, const struct amqp_connection_start_ok *s
                   k->mechanism);
         return;
     }
-    if (!parsed || !wr_broker_authenticate(l->broker, user, pass)) {
+    bool ok = parsed > 0 && wr_broker_authenticate(l->broker, user, pass);
+    explicit_bzero(pass, sizeof pass);
+    if (!ok) {
         conn_log(k, WR_LOG_WARN, "%s login refused: user '%s' - invalid credentials",
-             k->mechanism, parsed ? user : "(too long)");
+                 k->mechanism, parsed ? user : "(too long)");
+        /* The reason stays in the log; the client hears it only if it asked to. */
         char text[REPLY_TEXT_MAX + 1];
         snprintf(text, sizeof text, "ACCESS_REFUSED - Login was refused using authentication "
                  "mechanism %s. For details see the broker logfile.", k->mechanism);
-        close_with(k, false, c->cap_auth_failure_close ? AMQP_ACCESS_REFUSED : 0, 0, text);
+        if (c->cap_auth_failure_close)
+            close_with(k, false, AMQP_ACCESS_REFUSED, 0, text);
+        else
+            drain(k, SILENT_CLOSE_MS, false);
         return;
     }
     memcpy(c->user, user, sizeof c->user);
@@ -683,7 +693,7 @@ static void on_tick(struct wr_loop *lp, void *data)
         k->quiet_ticks = 0;
     else if (++k->quiet_ticks >= QUIET_TICKS_MAX) {
         conn_log(k, WR_LOG_WARN, "missed heartbeats from client, timeout: %us; closing",
-             k->c.heartbeat_s);
+                 k->c.heartbeat_s);
         k->dead = true;
         settle(k);
         return;
@@ -717,7 +727,7 @@ static bool negotiated(struct conn *k, const char *field, uint32_t value, uint32
 static void on_tune_ok(struct conn *k, const struct amqp_connection_tune_ok *t)
 {
     struct amqp_conn *c = &k->c;
-    if (!negotiated(k, "frame_max", t->frame_max, AMQP_FRAME_MIN_SIZE, c->l->frame_max) ||
+    if (!negotiated(k, "frame_max", t->frame_max, FRAME_MIN_SIZE, c->l->frame_max) ||
         !negotiated(k, "channel_max", t->channel_max, 1, c->l->channel_max))
         return;
     c->frame_max = t->frame_max;
@@ -753,14 +763,14 @@ static void on_open(struct conn *k, const struct amqp_connection_open *o)
     c->state = AMQP_CONN_OPEN;
     cancel_timer(k, &k->handshake_timer);
     conn_log(k, WR_LOG_INFO, "user '%s' authenticated and granted access to vhost '%s'", c->user,
-         name);
+             name);
 }
 
 /* The client closes: channels go, close-ok goes, and the client hangs up. */
 static void on_close(struct conn *k, const struct amqp_connection_close *cl)
 {
     conn_log(k, WR_LOG_DEBUG, "client closed the connection: %u %.*s", cl->reply_code,
-         (int)cl->reply_text.len, cl->reply_text.ptr ? cl->reply_text.ptr : "");
+             (int)cl->reply_text.len, cl->reply_text.ptr ? cl->reply_text.ptr : "");
     release_channels(k);
     send_id(k, 0, AMQP_CONNECTION_CLOSE_OK);
     drain(k, DRAIN_MS, true);
@@ -995,6 +1005,7 @@ static void open_channel(struct conn *k, uint16_t id)
         conn_fail(&k->c, AMQP_INTERNAL_ERROR, AMQP_CHANNEL_OPEN, "out of memory");
         return;
     }
+    k->n_chans++;
     send_id(k, id, AMQP_CHANNEL_OPEN_OK);
 }
 
@@ -1054,12 +1065,14 @@ static void channel_frame(struct conn *k, const struct amqp_frame *f)
 {
     struct amqp_conn *c = &k->c;
     uint16_t id = f->channel;
-    if (id > c->channel_max) {
-        conn_fail(c, AMQP_CHANNEL_ERROR, 0,
-                  "channel %u is above the negotiated channel_max (%u)", id, c->channel_max);
+    struct amqp_chan *ch = id < k->n_slots ? c->chans[id] : NULL;
+    /* As RabbitMQ, any channel number will do; the limit is on how many are open. */
+    if (!ch && k->n_chans >= c->channel_max) {
+        conn_fail(c, AMQP_NOT_ALLOWED, 0,
+                  "number of channels opened (%u) has reached the negotiated channel_max (%u)",
+                  k->n_chans, c->channel_max);
         return;
     }
-    struct amqp_chan *ch = id < k->n_slots ? c->chans[id] : NULL;
     struct content *ct = ch ? k->contents[id] : NULL;
     if (ct && ct->stage == CONTENT_HEADER) {
         content_header(k, ch, ct, f);
@@ -1221,7 +1234,9 @@ static void hung_up(struct conn *k)
     struct amqp_conn *c = &k->c;
     if (c->state == AMQP_CONN_OPEN)
         conn_log(k, WR_LOG_WARN, "client unexpectedly closed TCP connection (vhost '%s', user "
-             "'%s')", wr_vhost_name(c->vhost), c->user);
+                 "'%s')", wr_vhost_name(c->vhost), c->user);
+    else if (c->state == AMQP_CONN_HEADER) /* a health check, most likely */
+        conn_log(k, WR_LOG_DEBUG, "client closed TCP connection before the protocol header");
     else if (c->state != AMQP_CONN_CLOSED && c->state != AMQP_CONN_CLOSING)
         conn_log(k, WR_LOG_INFO, "client closed TCP connection in state %s", state_name(k));
     k->dead = true;
@@ -1246,7 +1261,7 @@ static void read_input(struct conn *k)
     if (n < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
             conn_log(k, c->state == AMQP_CONN_OPEN ? WR_LOG_WARN : WR_LOG_DEBUG,
-                 "read failed: %s", strerror(errno));
+                     "read failed: %s", strerror(errno));
             k->dead = true;
         }
         return;
@@ -1297,7 +1312,7 @@ void conn_accept(struct amqp_listener *l, int fd, const char *peer)
     c->l = l;
     c->fd = fd;
     c->state = AMQP_CONN_HEADER;
-    c->frame_max = AMQP_FRAME_MIN_SIZE;
+    c->frame_max = FRAME_MIN_SIZE;
     snprintf(c->peer, sizeof c->peer, "%s", peer);
     k->mask = WR_READABLE;
     if (wr_loop_fd_add(k->lp, fd, WR_READABLE, on_io, k, &err) != WR_OK) {
@@ -1320,6 +1335,7 @@ static void destroy(struct conn *k)
 {
     struct amqp_conn *c = &k->c;
     struct amqp_listener *l = c->l;
+    c->state = AMQP_CONN_CLOSED; /* a conn_fail from a channel being freed is a no-op */
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -1350,7 +1366,7 @@ static void destroy(struct conn *k)
     if (c->vhost) {
         wr_vhost_delete_owned(c->vhost, c);
         conn_log(k, WR_LOG_INFO, "closed (vhost '%s', user '%s')", wr_vhost_name(c->vhost),
-             c->user);
+                 c->user);
     } else {
         conn_log(k, WR_LOG_DEBUG, "closed");
     }

@@ -77,7 +77,9 @@ struct amqp_conn {
      * calls conn_output(). */
     struct amqp_wr out;
 
-    struct amqp_chan **chans;     /* indexed by channel id, 1..channel_max; NULL: closed */
+    struct amqp_chan **chans;     /* indexed by channel id; NULL: closed. Any id 1..65535
+                                   * may be used (channel_max limits how many are open, as
+                                   * in RabbitMQ); conn.c grows the array on demand. */
 };
 
 /* After appending frames to c->out: writes them now or when the socket takes them. */

@@ -168,6 +168,38 @@ def test_multiple_ack_and_recover(b):
            ch.basic_recover, requeue=False)
 
 
+def test_out_of_order_acks(b):
+    conn = b.connect()
+    ch = conn.channel()
+    q = name("ooo-q")
+    ch.queue_declare(q, exclusive=True)
+    for i in range(300):
+        ch.basic_publish("", q, b"%d" % i)
+    tags = [ch.basic_get(q)[0].delivery_tag for _ in range(300)]
+    for tag in tags[1:250]:          # the oldest stays unacked while later ones go
+        ch.basic_ack(tag)
+    ch.basic_ack(tags[0])
+    ch.basic_nack(tags[260], multiple=True, requeue=True)
+    eq(ready_count(conn, q), 11, "requeued by the multiple nack")
+    raises(pex.ChannelClosedByBroker, 406, "PRECONDITION_FAILED - unknown delivery tag 101",
+           lambda: (ch.basic_ack(tags[100]), ch.queue_declare(q, passive=True)))
+    # Acks of deliveries whose queue was deleted meanwhile are accepted.
+    ch = conn.channel()
+    q = name("gone-q")
+    ch.queue_declare(q)
+    for i in range(5):
+        ch.basic_publish("", q, b"%d" % i)
+    got = []
+    ch.basic_consume(q, lambda c, m, p, body: got.append(m.delivery_tag))
+    until(conn, lambda: len(got) == 5, "5 deliveries")
+    conn.channel().queue_delete(q)
+    ch.basic_ack(2)
+    ch.basic_nack(3, requeue=True)
+    ch.basic_ack(5, multiple=True)
+    ch.basic_qos(prefetch_count=1)  # a round trip: the channel is still open
+    conn.close()
+
+
 def test_prefetch(b):
     conn = b.connect()
     ch = conn.channel()
@@ -236,6 +268,22 @@ def test_confirms(b):
     except pex.NackError:
         pass
     eq(ready_count(conn, full), 1, "the full queue")
+    # Without waiting between publishes: acks and nacks in one batch, each for its own seq.
+    ch2 = conn.channel()
+    confirms = {}
+
+    def on_confirm(frame):
+        m = frame.method
+        for seq in range(1, m.delivery_tag + 1) if m.multiple else [m.delivery_tag]:
+            confirms.setdefault(seq, type(m).__name__)
+
+    ch2._impl.confirm_delivery(on_confirm)
+    ch2.basic_qos()  # a round trip: confirm.select-ok is in
+    for i in range(20):
+        ch2._impl.basic_publish("", full if i % 3 == 0 else q, b"%d" % i)
+    until(conn, lambda: len(confirms) == 20, "20 confirms")
+    eq("".join("A" if confirms[s] == "Ack" else "N" for s in range(1, 21)),
+       "NAANAANAANAANAANAANA", "acks and nacks by sequence number")
     raises(pex.ChannelClosedByBroker, 406,
            "PRECONDITION_FAILED - cannot switch from confirm to tx mode", ch.tx_select)
     conn.close()
@@ -267,6 +315,39 @@ def test_transactions(b):
     ch.tx_select()
     raises(pex.ChannelClosedByBroker, 406,
            "PRECONDITION_FAILED - cannot switch from tx to confirm mode", ch.confirm_delivery)
+    conn.close()
+
+
+def test_direct_reply_to(b):
+    conn = b.connect()
+    client = conn.channel()
+    replies = []
+    client.basic_consume("amq.rabbitmq.reply-to", auto_ack=True, consumer_tag="replies",
+                         on_message_callback=lambda c, m, p, body: replies.append(
+                             (m.consumer_tag, m.exchange, body)))
+    q = name("rpc-q")
+    client.queue_declare(q, exclusive=True)
+    client.basic_publish("", q, b"question",
+                         pika.BasicProperties(reply_to="amq.rabbitmq.reply-to"))
+    server = conn.channel()
+    _, props, _ = server.basic_get(q, auto_ack=True)
+    assert props.reply_to.startswith("amq.rabbitmq.reply-to."), props.reply_to
+    ok = server.queue_declare(props.reply_to, passive=True).method
+    eq((ok.queue, ok.message_count, ok.consumer_count), (props.reply_to, 0, 1), "the route")
+    server.basic_publish("", props.reply_to, b"answer")
+    until(conn, lambda: replies, "the reply")
+    eq(replies, [("replies", "", b"answer")], "replies")
+    raises(pex.ChannelClosedByBroker, 406,
+           "PRECONDITION_FAILED - reply consumer cannot acknowledge",
+           conn.channel().basic_consume, "amq.rabbitmq.reply-to", lambda *a: None)
+    client.basic_cancel("replies")
+    raises(pex.ChannelClosedByBroker, 404,
+           "NOT_FOUND - no queue '%s' in vhost '/'" % props.reply_to,
+           conn.channel().queue_declare, props.reply_to, passive=True)
+    raises(pex.ChannelClosedByBroker, 406,
+           "PRECONDITION_FAILED - fast reply consumer does not exist",
+           lambda: (client.basic_publish("", q, b"q2", pika.BasicProperties(
+               reply_to="amq.rabbitmq.reply-to")), client.queue_declare(q, passive=True)))
     conn.close()
 
 

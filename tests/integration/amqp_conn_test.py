@@ -58,8 +58,12 @@ def method_frame(channel, class_id, method_id, args=b""):
 class Raw:
     """A hand-driven AMQP 0-9-1 client on a plain socket."""
 
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    def __init__(self, port, rcvbuf=None):
+        self.sock = socket.socket()
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(5)
+        self.sock.connect(("127.0.0.1", port))
         self.buf = b""
         self.heartbeats = 0
 
@@ -270,19 +274,21 @@ def check_vhost_refused(w):
 
 
 def check_tune_limits(w):
-    raw = Raw(w.port)
-    raw.handshake(channel_max=4000)
-    code, text, class_id, method_id = raw.read_close()
-    check(code == 530 and text == "NOT_ALLOWED - negotiated channel_max = 4000 is higher than "
-          "the maximum allowed value (2047)" and (class_id, method_id) == (10, 30),
-          "channel_max above the offer: %d %s" % (code, text))
-    raw.close()
-    raw = Raw(w.port)
-    raw.handshake(frame_max=4096)
-    code, text, _, _ = raw.read_close()
-    check(code == 530 and "negotiated frame_max = 4096 is lower than the minimum allowed "
-          "value (8192)" in text, "frame_max below the minimum: %d %s" % (code, text))
-    raw.close()
+    """As RabbitMQ 3.10: tune-ok values out of range drop the socket without a word (after a
+    pause); 4096, the spec's frame-min-size, is accepted."""
+    over, under = Raw(w.port), Raw(w.port)
+    over.handshake(channel_max=4000)
+    under.handshake(frame_max=4095)
+    start = time.monotonic()
+    for raw in (over, under):
+        raw.wait_eof(6)
+        took = time.monotonic() - start
+        check(2 <= took <= 5, "a refused tune-ok closes silently after ~3 s (%.2f s)" % took)
+        raw.close()
+    wait_for(lambda: "negotiated channel_max = 4000 is higher than the maximum allowed value "
+             "(2047)" in w.log() and "negotiated frame_max = 4095 is lower than the minimum "
+             "allowed value (4096)" in w.log(), 5, "the refusals logged")
+    Raw(w.port).open(frame_max=4096).close()
 
 
 def check_heartbeat(w):
@@ -321,7 +327,8 @@ def expect_error(w, payload, code, text_part, class_method=None):
     if class_method:
         check((class_id, method_id) == class_method,
               "close names %s, got %s" % (class_method, (class_id, method_id)))
-    raw.wait_eof(5)
+    raw.method(0, 10, 51)
+    check(raw.wait_eof(5) < 1, "the server hangs up once close-ok is in")
     raw.close()
     check(healthy.is_open, "another connection is unaffected")
     ch = healthy.channel()
@@ -365,7 +372,19 @@ def check_channel_rules(w):
     header = frame(FRAME_HEADER, 1, struct.pack(">HHQH", 60, 0, 4, 0))
     expect_error(w, open_ch + publish + header + frame(FRAME_BODY, 1, b"12345"), 501,
                  "content body frame exceeds remaining content size", (60, 40))
-    expect_error(w, method_frame(3000, 20, 10, shortstr("")), 504, "negotiated channel_max")
+    raw = Raw(w.port).open(channel_max=2)
+    for ch in (1, 7):
+        raw.method(ch, 20, 10, shortstr(""))
+        raw.expect(20, 11)
+    raw.method(7, 20, 40, struct.pack(">H", 200) + shortstr("") + struct.pack(">HH", 0, 0))
+    raw.expect(20, 41)
+    raw.method(9, 20, 10, shortstr(""))
+    raw.expect(20, 11)
+    raw.method(3, 20, 10, shortstr(""))
+    code, text, _, _ = raw.read_close()
+    check(code == 530 and text == "NOT_ALLOWED - number of channels opened (2) has reached "
+          "the negotiated channel_max (2)", "channel_max counts open channels: %s" % text)
+    raw.close()
 
 
 def check_multiframe_publish(w):
@@ -396,6 +415,90 @@ def check_multiframe_publish(w):
           % [len(b) for b in got])
     ch.queue_delete("mf")
     conn.close()
+
+
+def check_publish_sizes(w):
+    """Bodies of every size class (copied, sliced from the read buffer, multi-frame) arrive
+    intact while many are in flight at once."""
+    conn = pika.BlockingConnection(pika_params(w.port))
+    ch = conn.channel()
+    ch.queue_declare("sizes")
+    sizes = [0, 1, 100, 65535, 65536, 70000, 131064, 131065, 300000] * 6
+    bodies = [bytes([(i * 7 + j) % 251 for j in range(n)]) if n < 1000 else
+              (bytes([i % 251]) * n) for i, n in enumerate(sizes)]
+    for b in bodies:
+        ch.basic_publish(exchange="", routing_key="sizes", body=b)
+    got = []
+    deadline = time.monotonic() + 10
+    while len(got) < len(bodies) and time.monotonic() < deadline:
+        _, _, b = ch.basic_get("sizes", auto_ack=True)
+        if b is not None:
+            got.append(b)
+    check(got == bodies, "all %d bodies intact (%d arrived)" % (len(bodies), len(got)))
+    ch.queue_delete("sizes")
+    conn.close()
+
+
+def check_backpressure(w):
+    """A consumer that reads slowly still gets every delivery: output above the high-water
+    mark pauses deliveries and the drained socket resumes them."""
+    conn = pika.BlockingConnection(pika_params(w.port))
+    ch = conn.channel()
+    ch.queue_declare("bp")
+    count, size = 40, 100000
+    for i in range(count):
+        ch.basic_publish(exchange="", routing_key="bp", body=bytes([i]) * size)
+    raw = Raw(w.port, rcvbuf=4096).open()
+    raw.method(1, 20, 10, shortstr(""))
+    raw.expect(20, 11)
+    raw.method(1, 60, 20, b"\x00\x00" + shortstr("bp") + shortstr("") + b"\x02" +
+               b"\x00\x00\x00\x00")  # no-ack
+    raw.expect(60, 21)
+    bodies = []
+    deadline = time.monotonic() + 20
+    while len(bodies) < count and time.monotonic() < deadline:
+        _, c, m, _ = raw.read_method(10)
+        check((c, m) == (60, 60), "a basic.deliver (got %d.%d)" % (c, m))
+        ftype, _, payload = raw.read_frame()
+        check(ftype == FRAME_HEADER, "a content header follows the deliver")
+        body_size = struct.unpack(">Q", payload[4:12])[0]
+        body = b""
+        while len(body) < body_size:
+            ftype, _, payload = raw.read_frame()
+            check(ftype == FRAME_BODY, "body frames follow the header")
+            body += payload
+        bodies.append(body)
+    check(bodies == [bytes([i]) * size for i in range(count)],
+          "every delivery arrives in order (%d of %d)" % (len(bodies), count))
+    raw.close()
+    ch.queue_delete("bp")
+    conn.close()
+
+
+def check_limits(binary, plugin_dir):
+    with Warren(binary, plugin_dir, amqp_options="{max_connections: 2, heartbeat: 2s}") as w:
+        first, second = Raw(w.port).open(), Raw(w.port).open()
+        check(first.tune[2] == 2, "heartbeat option offered in tune (%d)" % first.tune[2])
+        third = Raw(w.port)
+        third.wait_eof(3)
+        wait_for(lambda: "max_connections (2) reached" in w.log(), 5, "the refusal logged")
+        for raw in (first, second, third):
+            raw.close()
+    check_clean_log(w)
+    w = Warren(binary, plugin_dir, amqp_options="{frame_max: 4KiB}")
+    try:
+        w.start()
+    except RuntimeError:
+        pass
+    else:
+        w.stop()
+        raise Failure("frame_max below 8KiB was accepted")
+    w.proc.wait(timeout=10)
+    w.logfile.close()
+    with open(w.logfile.name) as f:
+        log = f.read()
+    check("frame_max = 4096 bytes is below AMQP's minimum frame size, 8192 bytes" in log,
+          "a clear error for a small frame_max:\n" + log)
 
 
 def check_memory_alarm(binary, plugin_dir):
@@ -472,8 +575,9 @@ def main():
     binary, plugin_dir = sys.argv[1], sys.argv[2]
     shared = [check_wrong_header, check_pika_open_close, check_bad_password, check_amqplain,
               check_vhost_refused, check_tune_limits, check_heartbeat, check_heartbeat_kept,
-              check_garbage, check_oversized, check_channel_rules, check_multiframe_publish]
-    alone = [check_memory_alarm, check_sigterm]
+              check_garbage, check_oversized, check_channel_rules, check_multiframe_publish,
+              check_publish_sizes, check_backpressure]
+    alone = [check_limits, check_memory_alarm, check_sigterm]
     passed = 0
     name = "startup"
     w = None
@@ -495,7 +599,8 @@ def main():
     except Exception as e:  # noqa: BLE001 - any failure ends the run with its story
         print("FAIL %s: %s: %s" % (name, type(e).__name__, e), flush=True)
         if w is not None and name in [f.__name__ for f in shared] + ["shutdown"]:
-            print("---- warren's log (tail) ----\n" + w.log()[-4000:], flush=True)
+            with open(w.logfile.name) as f:
+                print("---- warren's log (tail) ----\n" + f.read()[-4000:], flush=True)
         print("%d passed, 1 failed" % passed)
         return 1
     print("%d passed, 0 failed" % passed)

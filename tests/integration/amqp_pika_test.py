@@ -21,6 +21,7 @@ import datetime
 import decimal
 import os
 import random
+import re
 import signal
 import socket
 import struct
@@ -34,6 +35,8 @@ import pika.exceptions as pex
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Warren  # noqa: E402
 
+# A sanitizer build may report without failing the exit status (UBSan without halt_on_error).
+SANITIZER_REPORT = re.compile(r"ERROR: (Address|Leak)Sanitizer|runtime error:.*")
 TEST_BUDGET_S = 45      # the watchdog: no test comes near it when it passes, even under ASan
 WAIT_S = 15             # the deadline of an ordinary wait for the broker to do something
 
@@ -922,30 +925,101 @@ def test_heartbeat_silent_client_is_dropped(t):
 
 @warren_only(broker_yaml="memory_high_watermark: 1MiB")
 def test_connection_blocked_and_unblocked(t):
-    events = []
-    with t.connect() as conn, t.connect() as drainer:
-        conn.add_on_connection_blocked_callback(
-            lambda c, frame: events.append(("blocked", frame.method.reason)))
-        conn.add_on_connection_unblocked_callback(lambda c, frame: events.append("unblocked"))
-        ch = conn.channel()
-        q = declare(ch, t, "q")
-        body = bytes(16 * 1024)
-        sent = 0
-        for sent in range(1, 401):          # 6.25 MiB at most, far past the 1 MiB watermark
-            ch.basic_publish("", q, body)
-            conn.process_data_events(time_limit=0)
-            if events:
-                break
-        check(events and events[0][0] == "blocked", "no connection.blocked after publishing "
-              "%d x 16 KiB with a 1 MiB watermark; events: %s" % (sent, events))
-        print("  blocked after %d x 16 KiB, reason %r" % (sent, events[0][1]))
-        purged = drainer.channel().queue_purge(q).method.message_count
-        check(purged >= 1, "the purge removed nothing")
-        pump(conn, lambda: "unblocked" in events, "connection.unblocked after purging %d "
-             "messages (events so far: %s)" % (purged, events))
-        ch.confirm_delivery()
-        ch.basic_publish("", q, b"after unblocked")
-        check(depth(ch, q) >= 1, "the publish after unblocked did not reach the queue")
+    # Asynchronous (SelectConnection): a blocked broker stops reading the publisher's socket,
+    # so publishes must never wait on the socket. The publisher sends 16 KiB messages until
+    # connection.blocked; a second connection then consumes everything, which frees the
+    # memory: the publisher must see connection.unblocked, every message it sent must arrive
+    # once and in order, and a publish after the unblock must arrive too.
+    from pika.adapters.select_connection import IOLoop
+    body_pad, most, after = bytes(16 * 1024), 2000, b"after unblocked"
+    q = t.n("q")
+    loop = IOLoop()
+    st = {"events": [], "sent": 0, "got": [], "error": None, "pub_ch": None,
+          "after_sent": False, "closed": 0, "conns": []}
+
+    def fail(what):
+        if st["error"] is None:
+            st["error"] = what
+        finish()
+
+    def finish():
+        open_conns = [c for c in st["conns"] if c.is_open]
+        if not open_conns:
+            loop.stop()
+        for c in open_conns:
+            c.close()
+
+    def on_closed(conn, reason):
+        st["closed"] += 1
+        if st["closed"] == len(st["conns"]):
+            loop.stop()
+        elif not isinstance(reason, pex.ConnectionClosedByClient):
+            fail("a connection closed: %r" % (reason,))
+
+    def connect(on_open):
+        c = pika.SelectConnection(
+            t.params(), on_open_callback=on_open, custom_ioloop=loop,
+            on_open_error_callback=lambda c_, e: fail("connect: %r" % (e,)),
+            on_close_callback=on_closed)
+        st["conns"].append(c)
+        return c
+
+    def publish_next():
+        if st["events"] or st["error"] is not None:
+            return
+        if st["sent"] >= most:
+            return fail("no connection.blocked after %d x 16 KiB with a 1 MiB watermark"
+                        % most)
+        st["pub_ch"].basic_publish("", q, struct.pack(">I", st["sent"]) + body_pad)
+        st["sent"] += 1
+        loop.call_later(0, publish_next)
+
+    def on_pub_open(conn):
+        conn.add_on_connection_blocked_callback(on_blocked)
+        conn.add_on_connection_unblocked_callback(on_unblocked)
+        conn.channel(on_open_callback=lambda ch: ch.queue_declare(
+            q, callback=lambda frame: (st.__setitem__("pub_ch", ch), publish_next())))
+
+    def on_blocked(conn, frame):
+        st["events"].append(("blocked", frame.method.reason))
+        if len(st["events"]) == 1:
+            connect(lambda c: c.channel(on_open_callback=lambda ch: ch.basic_consume(
+                q, on_drained, auto_ack=True)))
+
+    def on_unblocked(conn, frame):
+        st["events"].append("unblocked")
+        maybe_publish_after()
+
+    def on_drained(ch, m, props, body):
+        if body == after:
+            st["got"].append("after")
+            return finish()
+        st["got"].append(struct.unpack(">I", body[:4])[0])
+        maybe_publish_after()
+
+    def maybe_publish_after():
+        if (st["events"][-1] == "unblocked" and len(st["got"]) == st["sent"]
+                and not st["after_sent"]):
+            st["after_sent"] = True
+            st["pub_ch"].basic_publish("", q, after)
+
+    connect(on_pub_open)
+    loop.call_later(WAIT_S * 2, lambda: fail(
+        "timed out: events %s, sent %d, consumed %d" % (st["events"], st["sent"],
+                                                      len(st["got"]))))
+    loop.start()
+    if st["error"] is not None:
+        raise AssertionError("%s (events %s, sent %d, consumed %d)"
+                             % (st["error"], st["events"], st["sent"], len(st["got"])))
+    ev = st["events"]
+    check(ev and ev[0][0] == "blocked", "the first event should be connection.blocked, got %s"
+          % ev)
+    eq([e if e == "unblocked" else e[0] for e in ev], ["blocked", "unblocked"] * (len(ev) // 2),
+       "connection.blocked / unblocked events (alternating, ending unblocked)")
+    eq(st["got"], list(range(st["sent"])) + ["after"],
+       "messages consumed (indexes of what was published while blocking, then the one after)")
+    print("  blocked after %d x 16 KiB (reason %r); events %d; all consumed"
+          % (st["sent"], ev[0][1], len(ev)))
 
 
 @warren_only()
@@ -1014,6 +1088,9 @@ def run_one(name, fn, port, warren_args):
             status = w.stop()
             if status not in (0, None):
                 raise AssertionError("warren exited with status %d after the test" % status)
+            finding = SANITIZER_REPORT.search(w.log())
+            if finding:
+                raise AssertionError("warren's log has a sanitizer report: %r" % finding.group())
         print("PASS %s (%.1f s)" % (name, time.monotonic() - began))
         return "pass"
     except Exception as e:

@@ -77,6 +77,12 @@ stop_warren() {
         local status=$?
         if [ "$status" -eq 0 ]; then pass "warren exits 0 on SIGTERM"
         else fail "warren exits 0 on SIGTERM" "exit status $status"; fi
+        # A sanitizer build may report without failing the exit status.
+        if grep -qE "ERROR: (Address|Leak)Sanitizer|runtime error:" "$WORK/warren.log"; then
+            fail "warren's log has no sanitizer report" \
+                 "$(grep -m1 -E "ERROR: (Address|Leak)Sanitizer|runtime error:" \
+                    "$WORK/warren.log")"
+        fi
     fi
     WARREN_PID=
 }

@@ -8,4 +8,5 @@ add_test(NAME go_examples
 add_test(NAME amqp_go
          COMMAND ${CMAKE_CURRENT_LIST_DIR}/amqp_go/run.sh ${PROJECT_SOURCE_DIR}
                  ${WARREN_BIN} ${WARREN_PLUGIN_DIR} ${WARREN_PYTHON})
-set_tests_properties(go_examples amqp_go PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77)
+set_tests_properties(go_examples amqp_go PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77
+                     LABELS "integration;amqp;go")

@@ -8,11 +8,9 @@
 # Usage: go_examples_test.sh SOURCE_DIR WARREN_BIN WARREN_PLUGIN_DIR WARREN_PYTHON
 set -euo pipefail
 src=$1
-WARREN_BIN=$2
-WARREN_PLUGIN_DIR=$3
-WARREN_PYTHON=$4
-# shellcheck source=amqp_go/lib.sh
-source "$src/tests/integration/amqp_go/lib.sh"
+export WARREN_BIN=$2 WARREN_PLUGIN_DIR=$3 WARREN_PYTHON=$4
+# shellcheck source=SCRIPTDIR/amqp_go/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/amqp_go/lib.sh"
 
 go_test_init
 go_build "$src/examples/go/producer" "$work/producer"
@@ -31,7 +29,7 @@ $(head -n 40 "$work/diff")"
 
 # --- 1. every message confirmed, then consumed exactly once ---------------------------------
 n=500
-timeout -s KILL 60 "$work/producer" -queue orders -count "$n" ||
+timeout -s KILL 60 "$work/producer" -queue orders -count "$n" -timeout 30s ||
     fail "producer did not get $n confirms"
 timeout -s KILL 60 "$work/consumer" -queue orders -count "$n" \
     >"$work/all.out" 2>"$work/all.err" ||
@@ -45,7 +43,7 @@ echo "ok: $n messages published with confirms, consumed and acked exactly once"
 # --- 2. graceful shutdown in the middle of a slow message -----------------------------------
 m=20
 in_hand=slow-3
-timeout -s KILL 60 "$work/producer" -queue slow -count "$m" -prefix slow- ||
+timeout -s KILL 60 "$work/producer" -queue slow -count "$m" -prefix slow- -timeout 30s ||
     fail "producer did not get $m confirms"
 "$work/consumer" -queue slow -prefetch 5 -work 1s >"$work/first.out" 2>"$work/first.err" &
 pid=$!

@@ -139,6 +139,8 @@ WR_API const char *wr_exchange_type(const struct wr_exchange *ex);
 WR_API bool wr_exchange_is_internal(const struct wr_exchange *ex);
 WR_API bool wr_exchange_is_durable(const struct wr_exchange *ex);
 WR_API bool wr_exchange_is_auto_delete(const struct wr_exchange *ex);
+/* The arguments the exchange was declared with; never NULL. */
+WR_API const struct wr_table *wr_exchange_args(const struct wr_exchange *ex);
 
 /* ---- queues ------------------------------------------------------------------------ */
 
@@ -189,6 +191,8 @@ WR_API const struct wr_table *wr_queue_args(const struct wr_queue *q);
 WR_API const char *wr_queue_name(const struct wr_queue *q);
 WR_API const void *wr_queue_owner(const struct wr_queue *q);
 WR_API bool wr_queue_is_durable(const struct wr_queue *q);
+WR_API bool wr_queue_is_auto_delete(const struct wr_queue *q);
+WR_API bool wr_queue_is_exclusive(const struct wr_queue *q);
 
 /* A queue outlives its deletion while referenced: a transport holding delivery tags of a
  * queue takes a reference, and settling on a deleted queue answers WR_ENOTFOUND. */

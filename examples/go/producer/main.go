@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -57,57 +58,60 @@ func run(ctx context.Context, url, queue, prefix string, count, window int) erro
 	if err := ch.Confirm(false); err != nil {
 		return fmt.Errorf("enable publisher confirms: %w", err)
 	}
+	// Confirms arrive in publishing order on this channel. NotifyPublish is used rather than
+	// DeferredConfirmation: in amqp091-go before 1.8 a confirm that beats the registration of
+	// its DeferredConfirmation is lost and Wait never returns (amqp091-go issue #182), and a
+	// fast broker on loopback wins that race now and then.
+	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, window))
 	// A message the broker cannot route comes back as basic.return before its ack: without
 	// this listener it would be confirmed and silently dropped.
-	returns := ch.NotifyReturn(make(chan amqp.Return, 1))
+	returns := ch.NotifyReturn(make(chan amqp.Return, window))
 
-	var inflight []*amqp.DeferredConfirmation
+	unconfirmed := 0
 	for i := 1; i <= count; i++ {
-		if len(inflight) == window {
-			if err := awaitConfirm(ctx, inflight[0], returns); err != nil {
+		if unconfirmed == window {
+			if err := awaitConfirm(ctx, confirms, returns); err != nil {
 				return err
 			}
-			inflight = inflight[1:]
+			unconfirmed--
 		}
-		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false,
-			amqp.Publishing{
-				ContentType:  "text/plain",
-				DeliveryMode: amqp.Persistent,
-				Body:         []byte(fmt.Sprintf("%s%d", prefix, i)),
-			})
+		err := ch.PublishWithContext(ctx, "", queue, true, false, amqp.Publishing{
+			ContentType:  "text/plain",
+			DeliveryMode: amqp.Persistent,
+			Body:         []byte(fmt.Sprintf("%s%d", prefix, i)),
+		})
 		if err != nil {
 			return fmt.Errorf("publish message %d: %w", i, err)
 		}
-		inflight = append(inflight, dc)
+		unconfirmed++
 	}
-	for _, dc := range inflight {
-		if err := awaitConfirm(ctx, dc, returns); err != nil {
+	for ; unconfirmed > 0; unconfirmed-- {
+		if err := awaitConfirm(ctx, confirms, returns); err != nil {
 			return err
 		}
 	}
-	return checkReturns(returns)
+	return nil
 }
 
-// awaitConfirm waits for one message's confirm; Wait gives up when ctx expires or the channel
-// closes, and both read as "not acked", so ctx tells a timeout from a nack.
-func awaitConfirm(ctx context.Context, dc *amqp.DeferredConfirmation,
-	returns chan amqp.Return) error {
-	if dc.Wait() {
-		return checkReturns(returns)
-	}
-	if ctx.Err() != nil {
-		return fmt.Errorf("message %d: no confirm before the deadline", dc.DeliveryTag)
-	}
-	return fmt.Errorf("message %d: broker refused it (nack, or the channel closed)",
-		dc.DeliveryTag)
-}
-
-func checkReturns(returns chan amqp.Return) error {
+// awaitConfirm waits for the next confirm, which must be an ack for a message that was routed.
+func awaitConfirm(ctx context.Context, confirms <-chan amqp.Confirmation,
+	returns <-chan amqp.Return) error {
 	select {
-	case r := <-returns:
-		return fmt.Errorf("message %q returned: %d %s", r.Body, r.ReplyCode, r.ReplyText)
-	default:
-		return nil
+	case c, ok := <-confirms:
+		if !ok {
+			return errors.New("the channel closed before every message was confirmed")
+		}
+		if !c.Ack {
+			return fmt.Errorf("message %d: the broker refused it (basic.nack)", c.DeliveryTag)
+		}
+		select {
+		case r := <-returns:
+			return fmt.Errorf("message %q returned: %d %s", r.Body, r.ReplyCode, r.ReplyText)
+		default:
+			return nil
+		}
+	case <-ctx.Done():
+		return errors.New("not every message was confirmed before the deadline")
 	}
 }
 

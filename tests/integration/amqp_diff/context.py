@@ -161,7 +161,7 @@ class Ctx:
         while not until():
             left = end - time.monotonic()
             if left <= 0:
-                self.ev("timeout waiting", getattr(until, "__doc__", None) or "condition")
+                self.ev("timed out waiting for deliveries")
                 return False
             conn.process_data_events(time_limit=min(left, 0.05))
         return True
@@ -236,8 +236,11 @@ class Ctx:
             return
 
     def method(self, m):
-        """Records a raw Method's name, channel and arguments."""
-        self.ev(m.name, m.channel, m.args) if isinstance(m, wire.Method) else self.ev(m)
+        """Records a raw Method's name, channel and arguments (or a non-method frame)."""
+        if isinstance(m, wire.Method):
+            self.ev(m.name, m.channel, m.args)
+        else:
+            self.ev(m)
 
 
 class deadline:

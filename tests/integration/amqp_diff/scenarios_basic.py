@@ -5,6 +5,8 @@ bindings, prefetch, mandatory returns, publisher confirms and transactions.
 A channel that publishes and then counts or gets is in confirm mode: RabbitMQ enqueues
 asynchronously, and only the confirm says the message is in the queue."""
 import decimal
+import socket
+import struct
 import time
 
 import pika
@@ -147,7 +149,9 @@ def topic_exchange_routing(t):
     routing_case(t, "topic",
                  [("q1", "*.orange.*", None), ("q2", "*.*.rabbit", None),
                   ("q2", "lazy.#", None), ("q3", "#", None), ("q4", "a.#.z", None),
-                  ("q5", "exact.key", None), ("q6", "*", None), ("q7", "#.end", None)],
+                  ("q5", "exact.key", None), ("q6", "*", None), ("q7", "#.end", None),
+                  ("q8", "*.#", None), ("q9", "#.*", None), ("q10", "#.#", None),
+                  ("q11", "a.*.#.z", None)],
                  [("quick.orange.rabbit", None), ("lazy.orange.elephant", None),
                   ("quick.orange.fox", None), ("lazy.brown.fox", None),
                   ("lazy.pink.rabbit", None), ("quick.brown.fox", None),
@@ -155,7 +159,8 @@ def topic_exchange_routing(t):
                   ("lazy.orange.male.rabbit", None), ("lazy", None), ("a.z", None),
                   ("a.b.c.z", None), ("exact.key", None), ("exact.key.more", None),
                   ("", None), ("single", None), ("the.end", None), ("end", None),
-                  ("a..z", None)])
+                  ("a..z", None), (".", None), ("a.", None), (".a", None),
+                  ("a.b.z", None), ("a.b.c.d.z", None)])
 
 
 @scenario
@@ -481,3 +486,157 @@ def unbind_and_delete(t):
     t.ev("exchange.delete-ok")
     ch.queue_unbind(t.n("never-declared"), "amq.direct", "k")
     t.ev("queue.unbind-ok")
+
+
+@scenario
+def qos_per_consumer_and_global(t):
+    conn = t.pika()
+    pub = conn.channel()
+    pub.confirm_delivery()
+    got = {}
+
+    def consumer(ch, name, q):
+        got[name] = []
+        ch.basic_consume(q, lambda c, m, p, b: got[name].append(b.decode()), consumer_tag=name)
+
+    # global=false: the limit is per consumer (RabbitMQ's reading of the flag).
+    q1 = declare(t, pub, t.n("per-consumer"))
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=2, global_qos=False)
+    consumer(ch, "a1", q1)
+    consumer(ch, "a2", q1)
+    # global=true: one limit shared by the channel's consumers.
+    q2 = declare(t, pub, t.n("per-channel"))
+    ch2 = conn.channel()
+    ch2.basic_qos(prefetch_count=3, global_qos=True)
+    consumer(ch2, "b1", q2)
+    consumer(ch2, "b2", q2)
+    for i in range(8):
+        pub.basic_publish("", q1, b"a%d" % i)
+        pub.basic_publish("", q2, b"b%d" % i)
+    t.pump(conn, lambda: len(got["a1"]) + len(got["a2"]) >= 4 and
+           len(got["b1"]) + len(got["b2"]) >= 3)
+    t.settle(conn, 0.3)
+    t.ev("unacked per consumer", {k: len(v) for k, v in sorted(got.items())})
+    t.ev("a", sorted(got["a1"] + got["a2"]), "b", sorted(got["b1"] + got["b2"]))
+
+
+@scenario
+def cancel_keeps_unacked_deliveries(t):
+    conn = t.pika()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = declare(t, ch, t.n("q"))
+    for i in range(3):
+        ch.basic_publish("", q, b"m%d" % i)
+    tag, got = consume_n(t, conn, ch, q, 3)
+    ch.basic_cancel(tag)
+    t.ev("basic.cancel-ok", len(got))
+    # Deliveries made before the cancel can still be acked and nacked.
+    ch.basic_ack(got[0][0].delivery_tag)
+    ch.basic_nack(got[1][0].delivery_tag, requeue=True)
+    declare_when(t, conn, q, 1)
+    ch.close()  # the third goes back too
+    declare_when(t, conn, q, 2)
+    drain_get(t, conn.channel(), q)
+
+
+@scenario
+def nack_multiple_requeues_in_order(t):
+    conn = t.pika()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = declare(t, ch, t.n("q"))
+    for i in range(5):
+        ch.basic_publish("", q, b"m%d" % i)
+    tags = [ch.basic_get(q)[0].delivery_tag for _ in range(4)]
+    ch.basic_nack(tags[2], multiple=True, requeue=True)  # m0..m2 back; m3 stays unacked
+    declare_when(t, conn, q, 4)
+    drain_get(t, ch, q)
+
+
+@scenario
+def exchange_auto_delete_after_last_unbind(t):
+    conn = t.pika()
+    ch = conn.channel()
+    ex = t.n("ex")
+    ch.exchange_declare(ex, "fanout", auto_delete=True)
+    q1, q2 = declare(t, ch, t.n("q1")), declare(t, ch, t.n("q2"))
+    ch.queue_bind(q1, ex)
+    ch.queue_bind(q2, ex)
+    ch.queue_unbind(q1, ex)
+    t.expect_error(conn.channel().exchange_declare, ex, passive=True)
+    ch.queue_unbind(q2, ex)
+    t.expect_error(conn.channel().exchange_declare, ex, passive=True)
+    # An auto-delete exchange that never had a binding stays.
+    ex2 = t.n("never-bound")
+    ch.exchange_declare(ex2, "fanout", auto_delete=True)
+    t.expect_error(conn.channel().exchange_declare, ex2, passive=True)
+
+
+@scenario
+def duplicate_bindings_route_once(t):
+    conn = t.pika()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ex = t.n("ex")
+    ch.exchange_declare(ex, "topic")
+    q = declare(t, ch, t.n("q"))
+    for key in ("a.b", "a.b", "a.*", "#"):
+        ch.queue_bind(q, ex, key)
+    ch.basic_publish(ex, "a.b", b"once")
+    drain_get(t, ch, q)
+    ch.queue_unbind(q, ex, "a.b")  # one unbind removes the binding declared twice
+    ch.queue_unbind(q, ex, "#")
+    ch.basic_publish(ex, "a.b", b"via a.*")
+    ch.basic_publish(ex, "x.y", b"nowhere")
+    drain_get(t, ch, q)
+
+
+@scenario
+def qos_change_applies_to_new_consumers(t):
+    conn = t.pika()
+    pub = conn.channel()
+    pub.confirm_delivery()
+    q1, q2 = declare(t, pub, t.n("old")), declare(t, pub, t.n("new"))
+    for i in range(6):
+        pub.basic_publish("", q1, b"o%d" % i)
+        pub.basic_publish("", q2, b"n%d" % i)
+    ch = conn.channel()
+    got = {"old": [], "new": []}
+    ch.basic_qos(prefetch_count=1)
+    ch.basic_consume(q1, lambda c, m, p, b: got["old"].append(b), consumer_tag="old")
+    t.pump(conn, lambda: len(got["old"]) >= 1)
+    # In RabbitMQ a per-consumer (global=false) limit binds the consumers created after it.
+    ch.basic_qos(prefetch_count=3)
+    ch.basic_consume(q2, lambda c, m, p, b: got["new"].append(b), consumer_tag="new")
+    t.pump(conn, lambda: len(got["new"]) >= 3)
+    t.settle(conn, 0.3)
+    t.ev("unacked", len(got["old"]), len(got["new"]))
+
+
+@scenario
+def killed_consumer_messages_redelivered(t):
+    conn = t.pika()
+    pub = conn.channel()
+    pub.confirm_delivery()
+    q = declare(t, pub, t.n("q"))
+    for i in range(6):
+        pub.basic_publish("", q, b"m%d" % i)
+    victim = t.raw()
+    victim.open_channel(1)
+    victim.send_method(1, "basic.qos", prefetch_count=3)
+    victim.read_method()
+    victim.send_method(1, "basic.consume", queue=q, consumer_tag="victim")
+    victim.read_method()
+    taken = []
+    for _ in range(3):
+        deliver = victim.read_method()
+        taken.append(victim.read_message()[1].decode())
+    victim.send_method(1, "basic.ack", delivery_tag=deliver.args["delivery_tag"] - 2)
+    t.ev("victim took", taken)
+    # Killed without a close: the two unacked go back, ahead of what was never delivered.
+    victim.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    victim.close()
+    declare_when(t, conn, q, 5)
+    drain_get(t, pub, q)

@@ -48,6 +48,12 @@ def exclusive_queue_locked_then_gone(t):
                    lambda c: c.queue_purge(q)):
         t.expect_error(action, other.channel())
     declare(t, ch, q, passive=True)
+    # Publishing into another connection's exclusive queue is allowed.
+    pub = other.channel()
+    pub.confirm_delivery()
+    pub.basic_publish("", q, b"from the other connection")
+    m, _, b = ch.basic_get(q, auto_ack=True)
+    t.ev("owner got", b.decode() if m else None)
     owner.close()
     gone_when(t, other, q)
 
@@ -271,3 +277,23 @@ def exclusive_consumer_refuses_others(t):
     ch2.basic_consume(q, lambda *a: None, consumer_tag="next")
     t.ev("consume-ok after cancel")
     t.expect_error(conn.channel().basic_consume, q, lambda *a: None, exclusive=True)
+
+
+@scenario
+def x_death_lists_each_death_newest_first(t):
+    conn = t.pika()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    final = declare(t, ch, t.n("final"))
+    # work --rejected--> parking (TTL) --expired--> final
+    parking = declare(t, ch, t.n("parking"), arguments={
+        "x-message-ttl": 50, "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": final})
+    work = declare(t, ch, t.n("work"), arguments={
+        "x-dead-letter-exchange": "", "x-dead-letter-routing-key": parking})
+    ch.basic_publish("", work, b"twice dead", pika.BasicProperties(expiration="60000"))
+    m, _, _ = ch.basic_get(work)
+    ch.basic_reject(m.delivery_tag, requeue=False)
+    m, p, b = get_within(t, conn, ch, final)
+    if m:
+        dead_letter_event(t, m, p, b)

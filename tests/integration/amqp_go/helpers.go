@@ -65,7 +65,8 @@ func (p *publisher) publishMandatory(exchange, key string, mandatory bool, msg a
 	tag := p.ch.GetNextPublishSeqNo()
 	err := p.ch.PublishWithContext(context.Background(), exchange, key, mandatory, false, msg)
 	p.t.must(err, fmt.Sprintf("publish to exchange %q key %q", exchange, key))
-	c := recv(p.t, (<-chan amqp.Confirmation)(p.confirms), fmt.Sprintf("confirm of message %d", tag))
+	c := recv(p.t, (<-chan amqp.Confirmation)(p.confirms),
+		fmt.Sprintf("confirm of message %d", tag))
 	if c.DeliveryTag != tag || !c.Ack {
 		p.t.Fatalf("publish to %q/%q: want ack of tag %d, got %+v", exchange, key, tag, c)
 	}

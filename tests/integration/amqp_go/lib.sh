@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # lib.sh: what the Go client tests share, sourced by go_examples_test.sh and amqp_go/run.sh.
 # It builds Go programs in GOPATH mode against Debian's amqp091-go, starts warren on free
 # loopback ports, and stops everything it started by PID. Every wait has a deadline.
@@ -5,7 +6,7 @@
 # The caller sets WARREN_BIN, WARREN_PLUGIN_DIR and WARREN_PYTHON, then calls go_test_init.
 
 GO_AMQP_PKG=github.com/rabbitmq/amqp091-go
-GO_LIB_DIR=$(cd "${BASH_SOURCE[0]%/*}" && pwd)
+GO_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 declare -A warren_pid=() warren_port=() warren_dir=()
 started_pids=()
@@ -35,6 +36,7 @@ go_test_init() {
 
 cleanup() {
     local status=$?
+    set +e # a killed process's status must not end the cleanup early
     for pid in "${started_pids[@]}"; do
         kill -KILL "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
     done

@@ -5,12 +5,10 @@
 # Usage: run.sh SOURCE_DIR WARREN_BIN WARREN_PLUGIN_DIR WARREN_PYTHON [amqp_go flags...]
 set -euo pipefail
 src=$1
-WARREN_BIN=$2
-WARREN_PLUGIN_DIR=$3
-WARREN_PYTHON=$4
+export WARREN_BIN=$2 WARREN_PLUGIN_DIR=$3 WARREN_PYTHON=$4
 shift 4
-# shellcheck source=lib.sh
-source "$src/tests/integration/amqp_go/lib.sh"
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 go_test_init
 go_build "$GO_LIB_DIR" "$work/amqp_go"
