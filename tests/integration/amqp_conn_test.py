@@ -227,7 +227,7 @@ def check_pika_open_close(w):
     caps = props.get("capabilities", {})
     for cap in ("publisher_confirms", "basic.nack", "consumer_cancel_notify",
                 "connection.blocked", "authentication_failure_close",
-                "exchange_exchange_bindings", "per_consumer_qos"):
+                "exchange_exchange_bindings", "per_consumer_qos", "direct_reply_to"):
         check(caps.get(cap) is True, "capability %s announced" % cap)
     ch = conn.channel()
     check(ch.is_open, "channel opens")

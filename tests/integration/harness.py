@@ -8,6 +8,8 @@ Run under /usr/bin/python3 (Debian's client libraries live there). The broker is
 its PID with SIGTERM; a broker that does not exit in 10 s is killed and the test fails.
 """
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,13 +51,17 @@ def wait_for(cond, timeout=10.0, what="condition"):
 class Warren:
     """The warren binary with an AMQP listener on a free port. extra_yaml is appended to the
     config (for vhosts:, users: ...); broker_yaml lines go under broker:; amqp_options is a
-    YAML flow mapping for the listener's options."""
+    YAML flow mapping for the listener's options.
+
+    The listener asks for port 0 and the port is read from warren's "listening on" log
+    line, so parallel tests cannot race for a port. The temporary directory (config, data,
+    log) is removed at stop, after a failing exit has printed the log."""
 
     def __init__(self, binary, plugin_dir, extra_yaml="", broker_yaml="", amqp_options=None,
                  env=None):
         self.binary = binary
         self.plugin_dir = plugin_dir
-        self.port = free_port()
+        self.port = None
         self.dir = tempfile.mkdtemp(prefix="warren-it-")
         self.config = os.path.join(self.dir, "warren.yaml")
         opts = (", options: %s" % amqp_options) if amqp_options else ""
@@ -64,7 +70,7 @@ class Warren:
                     "listeners:\n  - {transport: amqp091, host: 127.0.0.1, port: %d%s}\n%s"
                     % (os.path.join(self.dir, "data"), plugin_dir,
                        "".join("  %s\n" % l for l in broker_yaml.splitlines() if l),
-                       self.port, opts, extra_yaml))
+                       0, opts, extra_yaml))
         self.logfile = open(os.path.join(self.dir, "warren.log"), "w+")
         self.env = dict(os.environ, **(env or {}))
         self.proc = None
@@ -72,13 +78,30 @@ class Warren:
     def start(self):
         self.proc = subprocess.Popen([self.binary, self.config], stdout=self.logfile,
                                      stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + 15
+        while self.port is None:
+            m = re.search(r"amqp091.*listening on 127\.0\.0\.1:(\d+)", self.log())
+            if m:
+                self.port = int(m.group(1))
+            elif self.proc.poll() is not None:
+                raise RuntimeError("warren exited with status %d before listening:\n%s"
+                                   % (self.proc.returncode, self.log()))
+            elif time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError("warren did not log its AMQP port within 15 s")
+            else:
+                time.sleep(0.01)
         wait_port(self.port, proc=self.proc)
         return self
 
     def log(self):
-        self.logfile.flush()
-        with open(self.logfile.name) as f:
-            return f.read()
+        if not self.logfile.closed:
+            self.logfile.flush()
+        try:
+            with open(self.logfile.name, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return "(the log was removed)"
 
     def stop(self):
         """SIGTERM, then waits; returns the exit status. Kills (and raises) after 10 s."""
@@ -99,9 +122,17 @@ class Warren:
     def __enter__(self):
         return self.start()
 
+    def cleanup(self):
+        """Closes the log and removes the temporary directory."""
+        if not self.logfile.closed:
+            self.logfile.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
     def __exit__(self, *exc):
-        status = self.stop()
-        self.logfile.close()
-        if exc[0] is None and status not in (0, None):
-            raise RuntimeError("warren exited with status %s:\n%s" % (status, self.log()))
+        try:
+            status = self.stop()
+            if exc[0] is None and status not in (0, None):
+                raise RuntimeError("warren exited with status %s:\n%s" % (status, self.log()))
+        finally:
+            self.cleanup()
         return False

@@ -59,9 +59,9 @@ func run(ctx context.Context, url, queue, prefix string, count, window int) erro
 		return fmt.Errorf("enable publisher confirms: %w", err)
 	}
 	// Confirms arrive in publishing order on this channel. NotifyPublish is used rather than
-	// DeferredConfirmation: in amqp091-go before 1.8 a confirm that beats the registration of
-	// its DeferredConfirmation is lost and Wait never returns (amqp091-go issue #182), and a
-	// fast broker on loopback wins that race now and then.
+	// DeferredConfirmation: in amqp091-go 1.5.0 (Debian's) a confirm that arrives before its
+	// DeferredConfirmation is registered is lost and Wait never returns (amqp091-go issue
+	// #182), and a fast broker on loopback wins that race now and then.
 	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, window))
 	// A message the broker cannot route comes back as basic.return before its ack: without
 	// this listener it would be confirmed and silently dropped.

@@ -297,3 +297,103 @@ def x_death_lists_each_death_newest_first(t):
     m, p, b = get_within(t, conn, ch, final)
     if m:
         dead_letter_event(t, m, p, b)
+
+
+@scenario
+def alternate_exchange_takes_unroutable(t):
+    conn = t.pika()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ae, main = t.n("ae"), t.n("main")
+    ch.exchange_declare(ae, "fanout")
+    ch.exchange_declare(main, "direct", arguments={"alternate-exchange": ae})
+    caught, routed = declare(t, ch, t.n("caught")), declare(t, ch, t.n("routed"))
+    ch.queue_bind(caught, ae)
+    ch.queue_bind(routed, main, "known")
+    returned = []
+    ch.add_on_return_callback(lambda c, m, p, b: returned.append(b))
+    ch.basic_publish(main, "known", b"routed")
+    ch.basic_publish(main, "unknown", b"to the alternate", mandatory=True)
+    t.ev("returned", returned)
+    drain_get(t, ch, routed)
+    drain_get(t, ch, caught)
+
+
+@scenario
+def unknown_queue_arguments_are_kept_not_compared(t):
+    conn = t.pika()
+    q = declare(t, conn.channel(), t.n("q"), arguments={"x-custom": 1, "plain": "v",
+                                                        "x-queue-mode": "lazy"})
+    # RabbitMQ checks equivalence only for the arguments it knows.
+    t.expect_error(conn.channel().queue_declare, q, arguments={"x-custom": 2})
+    t.expect_error(conn.channel().queue_declare, q, arguments={"x-queue-mode": "lazy"})
+    ex = t.n("ex")
+    conn.channel().exchange_declare(ex, "direct", arguments={"x-custom": True})
+    t.expect_error(conn.channel().exchange_declare, ex, "direct", arguments={"x-other": 1})
+
+
+@scenario
+def dead_letter_exchange_missing_drops(t):
+    conn = t.pika()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = declare(t, ch, t.n("q"), arguments={"x-dead-letter-exchange": t.n("missing")})
+    ch.basic_publish("", q, b"nowhere to go")
+    m, _, _ = ch.basic_get(q)
+    ch.basic_reject(m.delivery_tag, requeue=False)
+    declare_when(t, conn, q, 0)
+    t.ev("channel open", ch.is_open)
+
+
+@scenario
+def consumer_priority_wins_while_it_has_room(t):
+    conn = t.pika()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = declare(t, ch, t.n("q"))
+    got = {"low": [], "high": []}
+    cons = conn.channel()
+    cons.basic_qos(prefetch_count=2)
+    cons.basic_consume(q, lambda c, m, p, b: got["low"].append(b.decode()), consumer_tag="low")
+    cons.basic_consume(q, lambda c, m, p, b: got["high"].append(b.decode()),
+                       consumer_tag="high", arguments={"x-priority": 10})
+    for i in range(5):
+        ch.basic_publish("", q, b"m%d" % i)
+    t.pump(conn, lambda: len(got["low"]) + len(got["high"]) >= 4)
+    t.settle(conn)
+    t.ev("deliveries", got)
+
+
+@scenario
+def priority_queue_orders_by_priority(t):
+    conn = t.pika()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = declare(t, ch, t.n("q"), arguments={"x-max-priority": 5})
+    for body, prio in ((b"p0", None), (b"p3", 3), (b"p9", 9), (b"p5", 5), (b"p3b", 3)):
+        ch.basic_publish("", q, body, pika.BasicProperties(priority=prio))
+    drain_get(t, ch, q)
+
+
+@scenario
+def direct_reply_to_rpc(t):
+    conn = t.pika()
+    client = conn.channel()
+    server = conn.channel()
+    server.confirm_delivery()
+    q = declare(t, server, t.n("rpc"))
+    replies = []
+    client.basic_consume("amq.rabbitmq.reply-to",
+                         lambda c, m, p, b: replies.append((m.routing_key, b.decode())),
+                         auto_ack=True)
+    client.basic_publish("", q, b"ping", pika.BasicProperties(reply_to="amq.rabbitmq.reply-to",
+                                                              correlation_id="c1"))
+    m, p, b = get_within(t, conn, server, q)
+    if m is None:
+        t.ev("no request")
+        return
+    t.ev("request", b.decode(), p.reply_to.startswith("amq.rabbitmq.reply-to."),
+         p.correlation_id)
+    server.basic_publish("", p.reply_to, b"pong", pika.BasicProperties(correlation_id="c1"))
+    t.pump(conn, lambda: replies)
+    t.ev("replies", [[rk.startswith("amq.rabbitmq.reply-to."), body] for rk, body in replies])

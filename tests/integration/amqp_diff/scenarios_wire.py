@@ -365,6 +365,23 @@ def handshake_failures(t):
 
 
 @scenario
+def amqplain_login(t):
+    c = t.raw(handshake=False)
+    c.send(wire.PROTOCOL_HEADER)
+    c.read_method()
+    # AMQPLAIN's response is a field table's entries without the table's length.
+    response = wire.enc_table({"LOGIN": "guest", "PASSWORD": "guest"})[4:]
+    c.send_method(0, "connection.start-ok", client_properties={}, mechanism="AMQPLAIN",
+                  response=response, locale="en_US")
+    tune = c.read_method()
+    t.ev(tune.name)
+    c.send_method(0, "connection.tune-ok", channel_max=tune.args["channel_max"],
+                  frame_max=tune.args["frame_max"], heartbeat=0)
+    c.send_method(0, "connection.open", virtual_host="/")
+    t.method(c.read_method())
+
+
+@scenario
 def client_close_gets_close_ok(t):
     c = opened(t)
     c.send_method(1, "channel.close", reply_code=200, reply_text="done")

@@ -4,6 +4,7 @@
 # loopback ports, and stops everything it started by PID. Every wait has a deadline.
 #
 # The caller sets WARREN_BIN, WARREN_PLUGIN_DIR and WARREN_PYTHON, then calls go_test_init.
+# WARREN_GOCACHE, if set, is a Go build cache kept across runs (default: a fresh one).
 
 GO_AMQP_PKG=github.com/rabbitmq/amqp091-go
 GO_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
