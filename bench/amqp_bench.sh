@@ -2,21 +2,22 @@
 # amqp_bench.sh: warren against RabbitMQ over AMQP 0-9-1, the same load generator
 # (bench/amqp_load) with the same parameters against each broker, one broker after the other.
 #
-#   bench/amqp_bench.sh [--quick] [--runs N] [--build-dir DIR] [--only rabbitmq|warren]
-#                       [--out FILE]
+#   bench/amqp_bench.sh [--quick] [--runs N] [--retries N] [--build-dir DIR]
+#                       [--only rabbitmq|warren] [--out FILE]
 #
 # It builds the Release configuration if needed (DIR, default build-release, as scripts/run.sh
 # uses), measures the machine's loopback TCP bandwidth, starts a private RabbitMQ
 # (tests/integration/rabbitmq.py), runs every case N times (default 3), stops it, then starts
 # warren with an amqp091 listener on a free port (tests/integration/harness.py) and runs the
 # same cases. It prints min / median / max per case and broker and the warren/RabbitMQ ratio
-# of the medians, as a Markdown table; --out also writes every run's JSON line to FILE.
-# --quick is a smoke run: a tenth of the messages, one run each.
+# of the medians, as a Markdown table, and the CPU each side used; --out also writes every
+# run's JSON line to FILE. --quick is a smoke run: a tenth of the messages, one run each.
 #
 # Never both brokers at once: on a small machine they would share the cores and measure each
 # other. Every load run is bounded by a message count and a time limit; brokers are stopped by
-# their PIDs. Run it on an otherwise idle machine: it samples the CPU before each run and
-# warns when something else was busy.
+# their PIDs. Run it on an otherwise idle machine: before each run it waits (10 s at most) for
+# the machine to be quiet, and it measures the CPU that other processes used during the run;
+# a run they disturbed (more than 0.1 core) is repeated, --retries times at most (default 2).
 set -euo pipefail
 self="$(realpath "$0")"
 cd "$(dirname "$self")/.."
@@ -28,9 +29,9 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --build-dir) build="$2"; shift 2 ;;
     --only) only="$2"; args+=("$1" "$2"); shift 2 ;;
-    --runs|--out) args+=("$1" "$2"); shift 2 ;;
+    --runs|--retries|--out) args+=("$1" "$2"); shift 2 ;;
     --quick) args+=("$1"); shift ;;
-    -h|--help) sed -n '2,19p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "amqp_bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -64,6 +65,7 @@ build = sys.argv[1]
 argv = sys.argv[2:]
 quick = "--quick" in argv
 runs = int(argv[argv.index("--runs") + 1]) if "--runs" in argv else (1 if quick else 3)
+retries = int(argv[argv.index("--retries") + 1]) if "--retries" in argv else (0 if quick else 2)
 only = argv[argv.index("--only") + 1] if "--only" in argv else ""
 out_path = argv[argv.index("--out") + 1] if "--out" in argv else ""
 load_bin = os.path.join(build, "bench", "amqp_load")
@@ -225,16 +227,32 @@ def run_load(port, broker_pid, case_args):
     res["cpu_broker"] = round(broker / wall, 2)
     res["cpu_load"] = round(load / wall, 2)
     res["cpu_other"] = round(max(0.0, machine - broker - load) / wall, 2)
+    # /proc/stat counts in ticks: allow two ticks of rounding on top of NOISE.
+    res["disturbed"] = res["cpu_other"] > NOISE + 2.0 / TICK / wall
     return res, ""
 
 
 def run_cases(broker, port, broker_pid, results, raw):
+    """Runs each case `runs` times. A run that other processes disturbed (they used more than
+    NOISE cores meanwhile) is repeated, `retries` times at most; the least disturbed is kept."""
     for name, _, case_args, metrics, for_warren in CASES:
         if broker == "warren" and not for_warren:
             continue
         for i in range(runs):
-            res, err = run_load(port, broker_pid, case_args)
             tag = "%s %s run %d/%d" % (broker, name, i + 1, runs)
+            res, err = None, ""
+            for attempt in range(1 + retries):
+                got, err = run_load(port, broker_pid, case_args)
+                if got is None:
+                    res = None
+                    break
+                if res is None or got["cpu_other"] < res["cpu_other"]:
+                    res = got
+                if not got["disturbed"]:
+                    break
+                if attempt < retries:
+                    print("  %s: disturbed (other processes used %.2f cores), again"
+                          % (tag, got["cpu_other"]), flush=True)
             results.setdefault((broker, name), []).append(res)
             if res is None:
                 print("  %s: FAILED: %s" % (tag, err), flush=True)
@@ -245,7 +263,7 @@ def run_cases(broker, port, broker_pid, results, raw):
             print("  %s: %s%s; CPU cores: broker %.2f, amqp_load %.2f, other %.2f%s"
                   % (tag, shown, "" if res["complete"] else " INCOMPLETE", res["cpu_broker"],
                      res["cpu_load"], res["cpu_other"],
-                     "  <- disturbed" if res["cpu_other"] > NOISE else ""), flush=True)
+                     "  <- disturbed" if res["disturbed"] else ""), flush=True)
 
 
 def fmt(v):
@@ -343,7 +361,7 @@ def main():
     print_tables(results, raw)
     failed = sum(1 for v in results.values() for r in v if r is None)
     incomplete = sum(1 for r in raw if not r["complete"])
-    disturbed = sum(1 for r in raw if r["cpu_other"] > NOISE)
+    disturbed = sum(1 for r in raw if r["disturbed"])
     if failed or incomplete or disturbed:
         print("- %d run(s) failed, %d hit the time limit, %d were disturbed (other processes "
               "used more than %.2f cores)" % (failed, incomplete, disturbed, NOISE))

@@ -7,6 +7,7 @@ errors and their reply codes); pika checks the handshake, authentication failure
 alarm's connection.blocked / unblocked and the shutdown's 320 CONNECTION_FORCED. Each check
 starts from a clean connection; the script stops at the first failure with what it saw.
 """
+import contextlib
 import os
 import signal
 import socket
@@ -203,6 +204,37 @@ def still_works(port):
         _, _, body = ch.basic_get(q, auto_ack=True)
     check(body == b"ping", "a message round-trips on a healthy connection (got %r)" % body)
     conn.close()
+
+
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
+def check_clean_exit(w):
+    """Stops warren: it must exit 0 with no sanitizer report in its log."""
+    status = w.stop()
+    log = w.log()
+    check(status == 0, "warren exits 0 (status %s):\n%s" % (status, log[-4000:]))
+    for mark in SANITIZER_MARKS:
+        check(mark not in log, "sanitizer report in warren's log:\n" + log[-4000:])
+
+
+@contextlib.contextmanager
+def broker(binary, plugin_dir, **kw):
+    """A fresh warren for the block; afterwards it must exit cleanly. On a failure its log
+    is printed before the temporary directory goes."""
+    w = Warren(binary, plugin_dir, **kw)
+    try:
+        w.start()
+        yield w
+        check_clean_exit(w)
+    except BaseException:
+        print("---- warren's log (tail) ----\n" + w.log()[-4000:], flush=True)
+        raise
+    finally:
+        if w.proc is not None:
+            w.proc.kill()
+            w.proc.wait()
+        w.cleanup()
 
 
 # ---- checks ------------------------------------------------------------------------------
@@ -476,7 +508,7 @@ def check_backpressure(w):
 
 
 def check_limits(binary, plugin_dir):
-    with Warren(binary, plugin_dir, amqp_options="{max_connections: 2, heartbeat: 2s}") as w:
+    with broker(binary, plugin_dir, amqp_options="{max_connections: 2, heartbeat: 2s}") as w:
         first, second = Raw(w.port).open(), Raw(w.port).open()
         check(first.tune[2] == 2, "heartbeat option offered in tune (%d)" % first.tune[2])
         third = Raw(w.port)
@@ -484,25 +516,23 @@ def check_limits(binary, plugin_dir):
         wait_for(lambda: "max_connections (2) reached" in w.log(), 5, "the refusal logged")
         for raw in (first, second, third):
             raw.close()
-    check_clean_log(w)
     w = Warren(binary, plugin_dir, amqp_options="{frame_max: 4KiB}")
     try:
-        w.start()
-    except RuntimeError:
-        pass
-    else:
+        try:
+            w.start()
+        except RuntimeError:
+            pass
+        else:
+            raise Failure("frame_max below 8KiB was accepted")
+        check("frame_max = 4096 bytes is below AMQP's minimum frame size, 8192 bytes" in w.log(),
+              "a clear error for a small frame_max:\n" + w.log())
+    finally:
         w.stop()
-        raise Failure("frame_max below 8KiB was accepted")
-    w.proc.wait(timeout=10)
-    w.logfile.close()
-    with open(w.logfile.name) as f:
-        log = f.read()
-    check("frame_max = 4096 bytes is below AMQP's minimum frame size, 8192 bytes" in log,
-          "a clear error for a small frame_max:\n" + log)
+        w.cleanup()
 
 
 def check_memory_alarm(binary, plugin_dir):
-    with Warren(binary, plugin_dir, broker_yaml="memory_high_watermark: 64KiB") as w:
+    with broker(binary, plugin_dir, broker_yaml="memory_high_watermark: 64KiB") as w:
         events = []
         pub = pika.BlockingConnection(pika_params(w.port))
         pub.add_on_connection_blocked_callback(lambda c, m: events.append("blocked"))
@@ -533,12 +563,10 @@ def check_memory_alarm(binary, plugin_dir):
                  "the held publish to arrive after the alarm cleared")
         other.close()
         pub.close()
-    check_clean_log(w)
 
 
 def check_sigterm(binary, plugin_dir):
-    w = Warren(binary, plugin_dir).start()
-    try:
+    with broker(binary, plugin_dir) as w:
         conn = pika.BlockingConnection(pika_params(w.port))
         conn.channel()
         w.proc.send_signal(signal.SIGTERM)
@@ -552,23 +580,7 @@ def check_sigterm(binary, plugin_dir):
         check(error is not None, "the client was told the broker closed the connection")
         check(error.reply_code == 320 and error.reply_text == "CONNECTION_FORCED - broker "
               "forced connection closure with reason 'shutdown'", "got %r" % error)
-        status = w.proc.wait(timeout=10)
-        check(status == 0, "warren exits 0 after SIGTERM (%d):\n%s" % (status, w.log()))
-        check_clean_log(w)
-    finally:
-        w.stop()
-        w.logfile.close()
-
-
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
-
-
-def check_clean_log(w):
-    """After warren stopped: its whole log holds no sanitizer report."""
-    with open(w.logfile.name) as f:
-        log = f.read()
-    for mark in SANITIZER_MARKS:
-        check(mark not in log, "sanitizer report in warren's log:\n" + log[-4000:])
+        w.proc.wait(timeout=10)  # check_clean_exit reads its status
 
 
 def main():
@@ -580,17 +592,14 @@ def main():
     alone = [check_limits, check_memory_alarm, check_sigterm]
     passed = 0
     name = "startup"
-    w = None
     try:
-        w = Warren(binary, plugin_dir)
-        with w:
+        with broker(binary, plugin_dir) as w:
             for fn in shared:
                 name = fn.__name__
                 fn(w)
                 passed += 1
                 print("ok", name, flush=True)
             name = "shutdown"
-        check_clean_log(w)
         for fn in alone:
             name = fn.__name__
             fn(binary, plugin_dir)
@@ -598,9 +607,6 @@ def main():
             print("ok", name, flush=True)
     except Exception as e:  # noqa: BLE001 - any failure ends the run with its story
         print("FAIL %s: %s: %s" % (name, type(e).__name__, e), flush=True)
-        if w is not None and name in [f.__name__ for f in shared] + ["shutdown"]:
-            with open(w.logfile.name) as f:
-                print("---- warren's log (tail) ----\n" + f.read()[-4000:], flush=True)
         print("%d passed, 1 failed" % passed)
         return 1
     print("%d passed, 0 failed" % passed)

@@ -120,6 +120,8 @@ class RabbitMQ:
             RABBITMQ_LOG_BASE=os.path.join(self.dir, "log"),
             RABBITMQ_PID_FILE=os.path.join(self.dir, "rabbitmq.pid"),
             RABBITMQ_CONFIG_FILE=os.path.join(self.dir, "rabbitmq.conf"),
+            # Not created: /etc/rabbitmq/advanced.config, if any, must not apply either.
+            RABBITMQ_ADVANCED_CONFIG_FILE=os.path.join(self.dir, "advanced.config"),
             RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(self.dir, "enabled_plugins"),
             # An empty env file instead of /etc/rabbitmq/rabbitmq-env.conf, whose settings
             # (node name, address) would override ours.
@@ -148,10 +150,12 @@ class RabbitMQ:
                        self.server)
             self.ctl("await_startup", "--timeout",
                      str(max(1, int(deadline - time.monotonic()))))
-        except BaseException:
+        except BaseException as exc:  # an interrupt too: nothing may outlive us
             log = self.log()
             self.stop()
-            raise RuntimeError("RabbitMQ did not start:\n" + log)
+            if isinstance(exc, Exception):
+                raise RuntimeError("RabbitMQ did not start (%s):\n%s" % (exc, log)) from exc
+            raise
         return self
 
     def _wait(self, cond, timeout, what, proc):
@@ -180,8 +184,10 @@ class RabbitMQ:
         return out
 
     def log(self):
-        """The node's own log file and its console output so far."""
+        """The node's own log file and its console output so far ("" once stopped)."""
         text = ""
+        if self.dir is None:
+            return text
         for path in (os.path.join(self.dir, "log", self.node + ".log"),
                      os.path.join(self.dir, "server.out")):
             try:

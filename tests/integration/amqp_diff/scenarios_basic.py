@@ -23,9 +23,10 @@ ALL_PROPS = pika.BasicProperties(
     message_id="msg-1", timestamp=1700000000, type="kind", user_id="guest", app_id="diff")
 
 
-def declare(t, ch, name, tag="queue.declare-ok", **kw):
+def declare(t, ch, name, **kw):
+    """queue.declare; records the declare-ok and returns the queue's name."""
     ok = ch.queue_declare(name, **kw).method
-    t.ev(tag, ok.queue, ok.message_count, ok.consumer_count)
+    t.ev("queue.declare-ok", ok.queue, ok.message_count, ok.consumer_count)
     return ok.queue
 
 
@@ -68,14 +69,14 @@ def consume_n(t, conn, ch, queue, n, auto_ack=False, **kw):
     return tag, got
 
 
-def drain_get(t, ch, queue, tag="get"):
-    """basic.get with no-ack until get-empty; records every message."""
+def drain_get(t, ch, queue):
+    """basic.get with no-ack until get-empty (100 at most); records every message."""
     for _ in range(100):
         m, p, b = ch.basic_get(queue, auto_ack=True)
         if m is None:
-            t.ev(tag, queue, "empty")
+            t.ev("get", queue, "empty")
             return
-        t.msg(tag, m, p, b, with_props=False)
+        t.msg("get", m, p, b, with_props=False)
 
 
 @scenario
@@ -108,13 +109,13 @@ def default_exchange_routes_by_queue_name(t):
     drain_get(t, ch, q2)
 
 
-def routing_case(t, ex_type, bindings, publishes, declare_args=None):
+def routing_case(t, ex_type, bindings, publishes):
     """Declares an exchange and queues, binds, publishes, and records what each queue got."""
     conn = t.pika()
     ch = conn.channel()
     ch.confirm_delivery()
     ex = t.n("ex")
-    ch.exchange_declare(ex, ex_type, arguments=declare_args)
+    ch.exchange_declare(ex, ex_type)
     queues = []
     for qname, key, args in bindings:
         q = t.n(qname)
@@ -423,6 +424,7 @@ def consumer_gets_published_stream_in_order(t):
 def large_message_spans_frames(t):
     conn = t.pika(frame_max=8192)
     ch = conn.channel()
+    ch.confirm_delivery()
     q = declare(t, ch, t.n("q"))
     body = bytes(range(256)) * 4096  # 1 MiB: many body frames each way
     ch.basic_publish("", q, body)

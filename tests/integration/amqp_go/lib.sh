@@ -1,13 +1,12 @@
 # shellcheck shell=bash
 # lib.sh: what the Go client tests share, sourced by go_examples_test.sh and amqp_go/run.sh.
-# It builds Go programs in GOPATH mode against Debian's amqp091-go, starts warren on free
-# loopback ports, and stops everything it started by PID. Every wait has a deadline.
+# It builds Go programs in GOPATH mode against Debian's amqp091-go, starts warren on loopback
+# ports the kernel picks, and stops everything it started by PID. Every wait has a deadline.
 #
-# The caller sets WARREN_BIN, WARREN_PLUGIN_DIR and WARREN_PYTHON, then calls go_test_init.
+# The caller sets WARREN_BIN and WARREN_PLUGIN_DIR, then calls go_test_init.
 # WARREN_GOCACHE, if set, is a Go build cache kept across runs (default: a fresh one).
 
 GO_AMQP_PKG=github.com/rabbitmq/amqp091-go
-GO_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 declare -A warren_pid=() warren_port=() warren_dir=()
 started_pids=()
@@ -77,30 +76,32 @@ alive() {
     kill -0 "$1" 2>/dev/null
 }
 
-warren_listening() {
-    alive "$1" || fail "warren exited before listening:$(printf '\n%s' "$(cat "$3")")"
-    port_accepts "$2"
+# warren_logged_port PID LOG: true once warren has logged the port its AMQP listener got
+# (it asks for port 0, so parallel tests never race for a free port); sets logged_port.
+warren_logged_port() {
+    alive "$1" || fail "warren exited before listening:$(printf '\n%s' "$(cat "$2")")"
+    logged_port=$(grep -oE 'amqp091.*listening on 127\.0\.0\.1:[0-9]+' "$2" | head -n 1 |
+        grep -oE '[0-9]+$') || return 1
+    port_accepts "$logged_port"
 }
 
-# warren_start NAME [BROKER_YAML_LINE...]: warren with an AMQP listener on a free port;
-# extra lines go under broker:. Sets warren_port[NAME] and warren_pid[NAME].
+# warren_start NAME [BROKER_YAML_LINE...]: warren with an AMQP listener on a port the kernel
+# picks; extra lines go under broker:. Sets warren_port[NAME] and warren_pid[NAME].
 warren_start() {
-    local name=$1 dir=$work/warren-$1 port
+    local name=$1 dir=$work/warren-$1
     shift
     mkdir -p "$dir"
-    port=$("$WARREN_PYTHON" -c "import sys; sys.path.insert(0, '$GO_LIB_DIR/..')
-import harness; print(harness.free_port())") || fail "no free port"
     {
         printf 'broker:\n  data_dir: %s/data\n  plugin_dirs: [%s]\n' "$dir" "$WARREN_PLUGIN_DIR"
         for line in "$@"; do printf '  %s\n' "$line"; done
-        printf 'listeners:\n  - {transport: amqp091, host: 127.0.0.1, port: %d}\n' "$port"
+        printf 'listeners:\n  - {transport: amqp091, host: 127.0.0.1, port: 0}\n'
     } >"$dir/warren.yaml"
     "$WARREN_BIN" "$dir/warren.yaml" >"$dir/warren.log" 2>&1 &
     warren_pid[$name]=$!
-    warren_port[$name]=$port
     warren_dir[$name]=$dir
-    wait_until 15 "warren $name to listen on $port" \
-        warren_listening "${warren_pid[$name]}" "$port" "$dir/warren.log"
+    wait_until 15 "warren $name to log its AMQP port and listen" \
+        warren_logged_port "${warren_pid[$name]}" "$dir/warren.log"
+    warren_port[$name]=$logged_port
 }
 
 warren_url() {

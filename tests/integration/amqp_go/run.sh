@@ -7,11 +7,12 @@ set -euo pipefail
 src=$1
 export WARREN_BIN=$2 WARREN_PLUGIN_DIR=$3 WARREN_PYTHON=$4
 shift 4
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=SCRIPTDIR/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$here/lib.sh"
 
 go_test_init
-go_build "$GO_LIB_DIR" "$work/amqp_go"
+go_build "$here" "$work/amqp_go"
 
 # AMQP_GO_BROKER=rabbitmq runs the same program against a private RabbitMQ instead, to show
 # that what it expects is what RabbitMQ does (the blocked test needs a low watermark: skipped).
