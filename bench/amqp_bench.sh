@@ -351,7 +351,7 @@ def main():
                   % (warren_bin, plugin_dir))
         else:
             with harness.Warren(os.path.abspath(warren_bin), plugin_dir) as w:
-                print("== warren on 127.0.0.1:%d" % w.port, flush=True)
+                print("== warren %s on 127.0.0.1:%d" % (source_version(), w.port), flush=True)
                 run_cases("warren", w.port, w.proc.pid, results, raw)
 
     if out_path:
@@ -366,6 +366,18 @@ def main():
         print("- %d run(s) failed, %d hit the time limit, %d were disturbed (other processes "
               "used more than %.2f cores)" % (failed, incomplete, disturbed, NOISE))
     return 1 if failed else 0
+
+
+def source_version():
+    """The commit warren was built from, and whether the tree had changes on top."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "(no git)"
+    return "%s%s" % (rev or "(no git)", " with uncommitted changes" if dirty else "")
 
 
 def cpu_model():

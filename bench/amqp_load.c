@@ -23,6 +23,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -87,11 +88,16 @@ static uint64_t get_u64(const unsigned char *p)
     return v;
 }
 
-static void fail(const char *role, const char *fmt, const char *detail)
+__attribute__((format(printf, 2, 3))) static void fail(const char *role, const char *fmt, ...)
 {
+    va_list ap;
+    va_start(ap, fmt);
+    flockfile(stderr); /* one line, even when both threads fail at once */
     fprintf(stderr, "amqp_load: %s: ", role);
-    fprintf(stderr, fmt, detail);
+    vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
+    funlockfile(stderr);
+    va_end(ap);
     atomic_store(&failed, true);
 }
 
@@ -99,39 +105,36 @@ static void fail(const char *role, const char *fmt, const char *detail)
 static bool rpc_ok(amqp_connection_state_t conn, const char *role, const char *what)
 {
     amqp_rpc_reply_t r = amqp_get_rpc_reply(conn);
-    char text[512];
 
     switch (r.reply_type) {
     case AMQP_RESPONSE_NORMAL:
         return true;
     case AMQP_RESPONSE_LIBRARY_EXCEPTION:
-        snprintf(text, sizeof text, "%s: %s", what, amqp_error_string2(r.library_error));
+        fail(role, "%s: %s", what, amqp_error_string2(r.library_error));
         break;
     case AMQP_RESPONSE_SERVER_EXCEPTION:
         if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
             amqp_connection_close_t *m = r.reply.decoded;
-            snprintf(text, sizeof text, "%s: connection closed by broker: %u %.*s", what,
-                     m->reply_code, (int)m->reply_text.len, (const char *)m->reply_text.bytes);
+            fail(role, "%s: connection closed by broker: %u %.*s", what, m->reply_code,
+                 (int)m->reply_text.len, (const char *)m->reply_text.bytes);
         } else if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
             amqp_channel_close_t *m = r.reply.decoded;
-            snprintf(text, sizeof text, "%s: channel closed by broker: %u %.*s", what,
-                     m->reply_code, (int)m->reply_text.len, (const char *)m->reply_text.bytes);
+            fail(role, "%s: channel closed by broker: %u %.*s", what, m->reply_code,
+                 (int)m->reply_text.len, (const char *)m->reply_text.bytes);
         } else {
-            snprintf(text, sizeof text, "%s: unexpected method 0x%08x", what, r.reply.id);
+            fail(role, "%s: unexpected method 0x%08x", what, r.reply.id);
         }
         break;
     default:
-        snprintf(text, sizeof text, "%s: no reply", what);
+        fail(role, "%s: no reply", what);
         break;
     }
-    fail(role, "%s", text);
     return false;
 }
 
 /* A close that arrives between deliveries or confirms: report it like an RPC failure. */
 static void fail_on_close(const char *role, const amqp_frame_t *frame)
 {
-    char text[512];
     amqp_bytes_t reason = amqp_empty_bytes;
     unsigned code = 0;
 
@@ -144,9 +147,7 @@ static void fail_on_close(const char *role, const amqp_frame_t *frame)
         code = m->reply_code;
         reason = m->reply_text;
     }
-    snprintf(text, sizeof text, "closed by broker: %u %.*s", code, (int)reason.len,
-             (const char *)reason.bytes);
-    fail(role, "%s", text);
+    fail(role, "closed by broker: %u %.*s", code, (int)reason.len, (const char *)reason.bytes);
 }
 
 static amqp_connection_state_t conn_open(const struct options *o, const char *role)
@@ -155,17 +156,14 @@ static amqp_connection_state_t conn_open(const struct options *o, const char *ro
     amqp_socket_t *sock = conn ? amqp_tcp_socket_new(conn) : NULL;
 
     if (!sock) {
-        fail(role, "%s", "out of memory");
+        fail(role, "out of memory");
         if (conn)
             amqp_destroy_connection(conn);
         return NULL;
     }
     int status = amqp_socket_open(sock, o->host, o->port);
     if (status != AMQP_STATUS_OK) {
-        char text[300];
-        snprintf(text, sizeof text, "connect to %s:%d: %s", o->host, o->port,
-                 amqp_error_string2(status));
-        fail(role, "%s", text);
+        fail(role, "connect to %s:%d: %s", o->host, o->port, amqp_error_string2(status));
         amqp_destroy_connection(conn);
         return NULL;
     }
@@ -173,7 +171,7 @@ static amqp_connection_state_t conn_open(const struct options *o, const char *ro
     amqp_rpc_reply_t r = amqp_login(conn, o->vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN,
                                     o->user, o->password);
     if (r.reply_type != AMQP_RESPONSE_NORMAL) {
-        fail(role, "%s", "login refused or failed (user, password, vhost?)");
+        fail(role, "login refused or failed (user, password, vhost?)");
         amqp_destroy_connection(conn);
         return NULL;
     }
@@ -339,7 +337,7 @@ static void producer_run(struct producer *p)
 
     p->ok = false;
     if (!body) {
-        fail("producer", "%s", "out of memory");
+        fail("producer", "out of memory");
         return;
     }
     memset(&props, 0, sizeof props);

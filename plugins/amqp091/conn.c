@@ -102,8 +102,6 @@ struct conn {
     bool published;      /* it has published: the memory alarm blocks it */
     bool blocked;        /* not reading while the memory alarm lasts */
     bool blocked_sent;
-
-    const char *mechanism;
 };
 
 static void process(struct conn *k);
@@ -397,8 +395,8 @@ static void drain(struct conn *k, uint64_t ms, bool shut_when_flushed)
 }
 
 /* Sends connection.close, or, where RabbitMQ 3.10 drops the socket instead (errors before
- * tune-ok, a refused login aside), closes silently after a pause. text is the whole reply text. fatal: the
- * framing is lost, nothing more can be read. */
+ * a tune-ok is accepted, a refused login aside), closes silently after a pause. text is the
+ * whole reply text. fatal: the framing is lost, nothing more can be read. */
 static void close_with(struct conn *k, bool fatal, uint16_t code, uint32_t method_id,
                        const char *text)
 {
@@ -631,12 +629,13 @@ static void on_start_ok(struct conn *k, const struct amqp_connection_start_ok *s
     struct amqp_listener *l = c->l;
     read_capabilities(c, s->client_properties);
     char user[sizeof c->user] = "", pass[1024] = "";
+    const char *mechanism;
     int parsed;
     if (s->mechanism.len == 5 && !memcmp(s->mechanism.ptr, "PLAIN", 5)) {
-        k->mechanism = "PLAIN";
+        mechanism = "PLAIN";
         parsed = parse_plain(s->response, user, sizeof user, pass, sizeof pass);
     } else if (s->mechanism.len == 8 && !memcmp(s->mechanism.ptr, "AMQPLAIN", 8)) {
-        k->mechanism = "AMQPLAIN";
+        mechanism = "AMQPLAIN";
         parsed = parse_amqplain(s->response, user, sizeof user, pass, sizeof pass);
     } else {
         conn_fail(c, AMQP_COMMAND_INVALID, AMQP_CONNECTION_START_OK,
@@ -646,18 +645,18 @@ static void on_start_ok(struct conn *k, const struct amqp_connection_start_ok *s
     }
     if (parsed < 0) {
         conn_fail(c, AMQP_SYNTAX_ERROR, AMQP_CONNECTION_START_OK, "%s response invalid",
-                  k->mechanism);
+                  mechanism);
         return;
     }
     bool ok = parsed > 0 && wr_broker_authenticate(l->broker, user, pass);
     explicit_bzero(pass, sizeof pass);
     if (!ok) {
         conn_log(k, WR_LOG_WARN, "%s login refused: user '%s' - invalid credentials",
-                 k->mechanism, parsed ? user : "(too long)");
+                 mechanism, parsed ? user : "(too long)");
         /* The reason stays in the log; the client hears it only if it asked to. */
         char text[REPLY_TEXT_MAX + 1];
         snprintf(text, sizeof text, "ACCESS_REFUSED - Login was refused using authentication "
-                 "mechanism %s. For details see the broker logfile.", k->mechanism);
+                 "mechanism %s. For details see the broker logfile.", mechanism);
         if (c->cap_auth_failure_close)
             close_with(k, false, AMQP_ACCESS_REFUSED, 0, text);
         else

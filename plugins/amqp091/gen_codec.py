@@ -417,7 +417,9 @@ def gen_source(spec, classes, methods):
     w("    switch (code) {")
     seen = set()
     for c in spec["constants"]:
-        if c["name"].startswith("FRAME-") or c["value"] in seen:
+        # Reply codes are the constants with an error class, and REPLY-SUCCESS; the others
+        # (frame types, FRAME-END, FRAME-MIN-SIZE) are not codes.
+        if ("class" not in c and c["name"] != "REPLY-SUCCESS") or c["value"] in seen:
             continue
         seen.add(c["value"])
         w("    case %d: return %s;" % (c["value"], c_string(upper(c["name"]))))

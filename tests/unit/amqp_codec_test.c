@@ -457,6 +457,7 @@ Test(amqp_codec, method_ids_names_and_constants)
     cr_assert_str_eq(amqp_reply_name(200), "REPLY_SUCCESS");
     cr_assert_str_eq(amqp_reply_name(320), "CONNECTION_FORCED");
     cr_assert_str_eq(amqp_reply_name(541), "INTERNAL_ERROR");
+    cr_assert_str_eq(amqp_reply_name(501), "FRAME_ERROR", "an error code named FRAME-... is one");
     cr_assert_null(amqp_reply_name(206), "frame constants are not reply codes");
     cr_assert_null(amqp_reply_name(999));
 

@@ -263,24 +263,39 @@ def connection_methods_on_channel_1_503(t):
 
 
 @scenario
-def unknown_method_ends_connection(t):
-    # RabbitMQ 3.10 crashes the connection process on an unknown class or method id and
-    # drops the socket without a connection.close. A broker that answers with a close
-    # (540 or 503) is better, so only "the connection ends" is compared, and that other
-    # connections carry on.
-    for payload in (b"\x00\x32\x00\x63", b"\x00\x99\x00\x0a"):
+def undecodable_frames_end_connection(t):
+    # RabbitMQ 3.10 crashes the connection process on an unknown class or method id, or an
+    # unknown field-table tag in method arguments, and drops the socket without a
+    # connection.close; an unknown tag in a content header's table gets 541 INTERNAL_ERROR.
+    # A broker that answers with a proper close (501, 502, 503 or 540) is better, so only
+    # "the connection ends" is compared, and that other connections carry on.
+    bad_table = struct.pack(">I", 4) + b"\x01aZ\x00"
+    declare = (b"\x00\x32\x00\x0a" + b"\x00\x00" + wire.enc_shortstr(t.n("q")) + b"\x00" +
+               bad_table)
+    header = struct.pack(">HHQH", 60, 0, 3, 0x2000) + bad_table
+    cases = [("unknown method", [wire.frame(1, 1, b"\x00\x32\x00\x63")]),
+             ("unknown class", [wire.frame(1, 1, b"\x00\x99\x00\x0a")]),
+             ("unknown tag in arguments", [wire.frame(1, 1, declare)]),
+             ("unknown tag in headers",
+              [wire.frame(1, 1, wire.method_payload("basic.publish", routing_key="q")),
+               wire.frame(2, 1, header), wire.frame(3, 1, b"abc")])]
+    for what, frames in cases:
         c = opened(t)
-        c.send(wire.frame(1, 1, payload))
+        c.send(b"".join(frames))
         end = time.monotonic() + 3
         ended = False
         while time.monotonic() < end and not ended:
             try:
                 f = c.read(end - time.monotonic())
+            except wire.Eof:
+                ended = True
+            except wire.Timeout:
+                break
+            else:
                 if isinstance(f, wire.Method) and f.name == "connection.close":
                     c.send_method(0, "connection.close-ok")
-            except (wire.Eof, wire.Timeout):
-                ended = True
-        t.ev("connection ended", ended)
+                    ended = True
+        t.ev(what, "connection ended", ended)
     c = opened(t)
     t.method(c.open_channel(2))
 
