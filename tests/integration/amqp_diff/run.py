@@ -109,6 +109,7 @@ def against_warren(selected, args, failures):
         w.start()
     except Exception:
         print("---- warren's log ----\n" + w.log())
+        w.cleanup()
         raise
     statuses = []
     try:
@@ -124,8 +125,8 @@ def against_warren(selected, args, failures):
                 "runtime error:" in log:
             failures.append("a sanitizer report in warren's log")
         if failures or args.verbose:
-            print("---- warren's log (%s), last 20000 characters ----\n%s"
-                  % (w.config, log[-20000:]))
+            print("---- warren's log, last 20000 characters ----\n" + log[-20000:])
+        w.cleanup()
 
 
 def lines(transcript):
