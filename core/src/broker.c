@@ -67,6 +67,11 @@ void wr_broker_set_max_message_size(struct wr_broker *b, uint64_t bytes)
     b->max_message_size = bytes;
 }
 
+uint64_t wr_broker_max_message_size(const struct wr_broker *b)
+{
+    return b->max_message_size;
+}
+
 /* ---- listeners ---------------------------------------------------------------------- */
 
 int wr_broker_listen(struct wr_broker *b, const char *transport,

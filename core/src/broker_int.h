@@ -110,6 +110,7 @@ struct wr_consumer {
     uint32_t prefetch;
     bool no_ack, exclusive;
     bool cancelled;              /* cancelled inside its own deliver: freed after it */
+    int32_t priority;            /* x-priority */
     struct tagset unacked;
 };
 
@@ -128,6 +129,7 @@ struct wr_queue {
     enum wr_overflow overflow;
     uint32_t partitions;
     int64_t message_ttl_ms, expires_ms; /* -1: none */
+    uint8_t max_priority;        /* x-max-priority; 0: none */
     char *dlx, *dlrk;            /* dead-letter exchange and routing key; NULL: none */
     uint64_t ttl_timer;          /* expires the head message; 0: not armed */
     int64_t ttl_at;              /* when ttl_timer fires, ms since the epoch */
@@ -139,6 +141,7 @@ struct wr_queue {
     struct binding *in;          /* bindings to this queue */
     struct wr_consumer **consumers;
     uint32_t n_consumers, cap_consumers, rr;
+    uint32_t n_prioritized;      /* consumers with an x-priority other than 0 */
     struct wr_consumer *delivering; /* the consumer whose deliver op is running */
     bool had_consumer;
     bool dispatch_pending;

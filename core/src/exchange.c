@@ -65,7 +65,23 @@ void wr_route_add(struct wr_route *r, const struct wr_binding *pub)
     }
 }
 
-/* Fills r with the distinct queues msg reaches from ex. */
+/* The exchange named by ex's "alternate-exchange" argument, or NULL. */
+static struct wr_exchange *alternate(const struct wr_exchange *ex)
+{
+    const char *name;
+    size_t len;
+    char buf[256];
+    if (!ex->args->count || !wr_table_get_str(ex->args, "alternate-exchange", &name, &len) ||
+        len >= sizeof buf)
+        return NULL;
+    memcpy(buf, name, len);
+    buf[len] = '\0';
+    return wr_exchange_find(ex->vh, buf);
+}
+
+/* Fills r with the distinct queues msg reaches from ex. A message that reaches none goes on
+ * to ex's alternate exchange (RabbitMQ's alternate-exchange argument), and from there to its
+ * alternate, never visiting an exchange twice. */
 static void route(struct wr_exchange *ex, const struct wr_msg *msg, struct wr_route *r)
 {
     r->epoch = ++ex->vh->broker->route_epoch;
@@ -74,14 +90,24 @@ static void route(struct wr_exchange *ex, const struct wr_msg *msg, struct wr_ro
     r->n_queues = 0;
     r->exchanges = r->exchanges_inline;
     r->cap_exchanges = ROUTE_INLINE;
-    r->exchanges[0] = ex;
-    r->n_exchanges = 1;
+    r->n_exchanges = 0;
     r->oom = false;
-    ex->mark = r->epoch;
-    for (size_t i = 0; i < r->n_exchanges; i++) {
-        struct wr_exchange *e = r->exchanges[i];
-        if (e->n_out)
-            e->ops->route(e->state, msg, r);
+    for (int hops = 0; ex && hops < ROUTE_INLINE && !r->oom; hops++) {
+        size_t first = r->n_exchanges;
+        if (first == r->cap_exchanges)
+            break;
+        r->exchanges[r->n_exchanges++] = ex;
+        ex->mark = r->epoch;
+        for (size_t i = first; i < r->n_exchanges; i++) {
+            struct wr_exchange *e = r->exchanges[i];
+            if (e->n_out)
+                e->ops->route(e->state, msg, r);
+        }
+        if (r->n_queues)
+            break;
+        ex = alternate(ex);
+        if (ex && ex->mark == r->epoch)
+            break;
     }
 }
 

@@ -166,6 +166,8 @@ static int queue_equivalent(const struct wr_queue *q, const struct wr_queue_decl
         what = "x-dead-letter-exchange";
     else if (!same_str(q->dlrk, d->dead_letter_routing_key))
         what = "x-dead-letter-routing-key";
+    else if (q->max_priority != d->max_priority)
+        what = "x-max-priority";
     if (what)
         return wr_error_set(err, WR_EEXIST,
                             "inequivalent arg '%s' for queue '%s' in vhost '%s': it exists "
@@ -242,6 +244,7 @@ int wr_queue_declare(struct wr_vhost *vh, const struct wr_queue_decl *decl,
     q->overflow = decl->overflow;
     q->partitions = decl->partitions ? decl->partitions : 1;
     q->message_ttl_ms = decl->message_ttl_ms;
+    q->max_priority = decl->max_priority;
     q->expires_ms = decl->expires_ms;
     q->used_at = wall_ms();
 
@@ -258,6 +261,7 @@ int wr_queue_declare(struct wr_vhost *vh, const struct wr_queue_decl *decl,
         .max_length = q->max_length,
         .max_length_bytes = q->max_length_bytes,
         .overflow = q->overflow,
+        .max_priority = q->max_priority,
         .partitions = q->partitions,
         .options = decl->options ? decl->options : &no_options,
         .dropped = storage_dropped,
@@ -536,14 +540,28 @@ static bool consumer_can_take(struct wr_consumer *c)
  * dispatch does not skip a consumer's turn. */
 static struct wr_consumer *next_consumer(struct wr_queue *q, uint32_t *at)
 {
+    if (!q->n_prioritized) {
+        for (uint32_t i = 0; i < q->n_consumers; i++) {
+            uint32_t k = (q->rr + i) % q->n_consumers;
+            if (consumer_can_take(q->consumers[k])) {
+                *at = k;
+                return q->consumers[k];
+            }
+        }
+        return NULL;
+    }
+    /* x-priority: the highest priority that can take; the first of it from rr, so equals
+     * still take turns. */
+    struct wr_consumer *best = NULL;
     for (uint32_t i = 0; i < q->n_consumers; i++) {
         uint32_t k = (q->rr + i) % q->n_consumers;
-        if (consumer_can_take(q->consumers[k])) {
+        struct wr_consumer *c = q->consumers[k];
+        if ((!best || c->priority > best->priority) && consumer_can_take(c)) {
+            best = c;
             *at = k;
-            return q->consumers[k];
         }
     }
-    return NULL;
+    return best;
 }
 
 static void queue_dispatch(struct wr_queue *q)
@@ -657,6 +675,9 @@ int wr_queue_consume(struct wr_queue *q, const struct wr_consumer_ops *ops,
     c->prefetch = args->prefetch;
     c->no_ack = args->no_ack;
     c->exclusive = args->exclusive;
+    c->priority = args->priority;
+    if (c->priority)
+        q->n_prioritized++;
     q->consumers[q->n_consumers++] = c;
     q->used_at = wall_ms();
     q->had_consumer = true;
@@ -726,6 +747,8 @@ void wr_consumer_cancel(struct wr_consumer *c, bool requeue_unacked)
         memmove(&q->consumers[i], &q->consumers[i + 1],
                 (q->n_consumers - i - 1) * sizeof *q->consumers);
         q->n_consumers--;
+        if (c->priority)
+            q->n_prioritized--;
         if (q->rr > i)
             q->rr--;
         break;

@@ -1060,7 +1060,7 @@ enum arg_check {
 
 /* What an argument sets in the declaration. */
 enum arg_fill { FILL_NONE, FILL_EXPIRES, FILL_TTL, FILL_DLX, FILL_DLRK, FILL_MAX_LENGTH,
-                FILL_MAX_BYTES, FILL_OVERFLOW };
+                FILL_MAX_BYTES, FILL_OVERFLOW, FILL_MAX_PRIORITY };
 
 /* RabbitMQ's declare arguments, in the order it validates and compares them, with the queue
  * types that accept each (x-queue-type is validated apart, before the others). */
@@ -1079,7 +1079,7 @@ static const struct queue_arg {
     {"x-max-length-bytes", ARG_NON_NEG, QT_CLASSIC | QT_QUORUM | QT_STREAM, FILL_MAX_BYTES},
     {"x-max-in-memory-length", ARG_NON_NEG, QT_QUORUM, FILL_NONE},
     {"x-max-in-memory-bytes", ARG_NON_NEG, QT_QUORUM, FILL_NONE},
-    {"x-max-priority", ARG_PRIORITY, QT_CLASSIC, FILL_NONE},
+    {"x-max-priority", ARG_PRIORITY, QT_CLASSIC, FILL_MAX_PRIORITY},
     {"x-overflow", ARG_OVERFLOW, QT_CLASSIC | QT_QUORUM, FILL_OVERFLOW},
     {"x-queue-mode", ARG_MODE, QT_CLASSIC, FILL_NONE},
     {"x-queue-version", ARG_VERSION, QT_CLASSIC, FILL_NONE},
@@ -1337,6 +1337,9 @@ static void queue_args_fill(const struct wr_table *args, enum qtype qt,
             /* reject-publish-dlx dead-letters what it refuses in RabbitMQ; here it refuses. */
             decl->overflow = str_eq(s, "drop-head") ? WR_OVERFLOW_DROP_HEAD
                                                     : WR_OVERFLOW_REJECT_PUBLISH;
+            break;
+        case FILL_MAX_PRIORITY: /* validated as 0..255 */
+            decl->max_priority = (uint8_t)v->u.i;
             break;
         }
     }
@@ -1826,7 +1829,13 @@ static void basic_consume(struct amqp_chan *ch, const struct amqp_method *m)
     else
         gen_name(cons->tag, "amq.ctag-");
     cons->tag_len = (uint8_t)strlen(cons->tag);
-    struct wr_consume_args args = {pv->prefetch, a->no_ack, a->exclusive};
+    /* x-priority was checked to be an integer; RabbitMQ keeps it as a signed 32-bit one. */
+    int64_t priority = 0;
+    wr_table_get_int(a->arguments, "x-priority", &priority);
+    struct wr_consume_args args = {pv->prefetch, a->no_ack, a->exclusive,
+                                   (int32_t)(priority > INT32_MAX   ? INT32_MAX
+                                             : priority < INT32_MIN ? INT32_MIN
+                                                                    : priority)};
     struct wr_error err = {0};
     int rc = wr_queue_consume(q, &consumer_ops, &args, cons, &cons->c, &err);
     if (rc != WR_OK) {

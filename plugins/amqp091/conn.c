@@ -500,8 +500,8 @@ static bool send_start(struct conn *k)
 {
     static const char *const capabilities[] = {
         "publisher_confirms", "exchange_exchange_bindings", "basic.nack",
-        "consumer_cancel_notify", "connection.blocked", "authentication_failure_close",
-        "per_consumer_qos", "direct_reply_to",
+        "consumer_cancel_notify", "connection.blocked", "consumer_priorities",
+        "authentication_failure_close", "per_consumer_qos", "direct_reply_to",
     };
     static const char *const props[][2] = {
         {"product", "warren"},

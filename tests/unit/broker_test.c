@@ -592,3 +592,73 @@ Test(broker, many_bindings_are_indexed_idempotent_and_removable)
     cr_assert_eq(wr_queue_delete(q1, false, false, NULL, &err), WR_OK);
     cr_assert_eq(wr_exchange_binding_count(ex), 0);
 }
+
+/* x-priority: the high-priority consumer takes everything while it has room, then the
+ * lower one gets the rest; equal priorities still alternate. */
+Test(broker, consumer_priority_wins_while_it_has_room)
+{
+    struct wr_queue *q = tu_queue(&t, "q");
+    static struct rec low, high, high2;
+    consume(q, &low, 2, false);
+    memset(&high, 0, sizeof high);
+    high.ready = true;
+    struct wr_consume_args args = {.prefetch = 2, .priority = 10};
+    cr_assert_eq(wr_queue_consume(q, &rec_ops, &args, &high, &high.c, &err), WR_OK);
+    publish_n("", "q", 4);
+    wait_for(&low, 2);
+    cr_assert_eq(high.n, 2);
+    cr_assert_str_eq(high.bodies[0], "m1");
+    cr_assert_str_eq(high.bodies[1], "m2");
+    cr_assert_str_eq(low.bodies[0], "m3");
+    cr_assert_str_eq(low.bodies[1], "m4");
+    /* Acking one of high's frees a place: the next message is high's again. */
+    cr_assert_eq(wr_consumer_ack(high.c, high.tags[0], &err), WR_OK);
+    publish_n("", "q", 1);
+    wait_for(&high, 3);
+    cr_assert_eq(low.n, 2);
+    /* A second consumer of the same priority shares turns with the first. */
+    memset(&high2, 0, sizeof high2);
+    high2.ready = true;
+    args.prefetch = 0;
+    cr_assert_eq(wr_queue_consume(q, &rec_ops, &args, &high2, &high2.c, &err), WR_OK);
+    cr_assert_eq(wr_consumer_ack(high.c, high.tags[1], &err), WR_OK);
+    cr_assert_eq(wr_consumer_ack(high.c, high.tags[2], &err), WR_OK);
+    publish_n("", "q", 4);
+    wait_for(&high2, 2);
+    cr_assert_eq(high.n + high2.n, 3 + 4, "the four went to the two high consumers");
+    cr_assert_eq(low.n, 2);
+}
+
+/* alternate-exchange: what the exchange cannot route goes to its alternate (and that one's
+ * alternate), and an alternate loop ends. */
+Test(broker, alternate_exchange_takes_unroutable)
+{
+    struct wr_table *args = wr_table_new();
+    struct wr_value ae = wr_value_str("ae");
+    cr_assert_eq(wr_table_add(args, "alternate-exchange", &ae), WR_OK);
+    struct wr_exchange_decl decl = {.name = "main", .type = "direct", .args = args};
+    struct wr_exchange *main_ex;
+    cr_assert_eq(wr_exchange_declare(t.vh, &decl, &main_ex, &err), WR_OK, "%s", err.msg);
+    wr_table_free(args);
+    struct wr_queue *routed = tu_queue(&t, "routed"), *other = tu_queue(&t, "other");
+    tu_bind(main_ex, routed, "k", NULL);
+    cr_assert_eq(tu_publish(&t, "main", "nowhere", "x", NULL), 0, "no alternate yet");
+    struct wr_exchange *ae_ex = declare_ex("ae", "fanout", false);
+    tu_bind(ae_ex, other, "", NULL);
+    cr_assert_eq(tu_publish(&t, "main", "k", "x", NULL), 1);
+    cr_assert_eq(tu_publish(&t, "main", "nowhere", "y", NULL), 1);
+    cr_assert_eq(wr_queue_depth(routed), 1);
+    cr_assert_eq(wr_queue_depth(other), 1);
+    /* Two exchanges each other's alternate, nothing bound: the loop ends, unroutable. */
+    tu_unbind(ae_ex, other, "", NULL);
+    const char *names[2] = {"ping", "pong"};
+    for (int i = 0; i < 2; i++) {
+        args = wr_table_new();
+        struct wr_value other_name = wr_value_str(names[1 - i]);
+        cr_assert_eq(wr_table_add(args, "alternate-exchange", &other_name), WR_OK);
+        struct wr_exchange_decl d = {.name = names[i], .type = "fanout", .args = args};
+        cr_assert_eq(wr_exchange_declare(t.vh, &d, NULL, &err), WR_OK, "%s", err.msg);
+        wr_table_free(args);
+    }
+    cr_assert_eq(tu_publish(&t, "ping", "nowhere", "z", NULL), 0);
+}

@@ -161,6 +161,8 @@ struct wr_queue_decl {
                                    * consumers, no get, no redeclare) this long; -1: none */
     const char *dead_letter_exchange;    /* x-dead-letter-exchange; NULL: none */
     const char *dead_letter_routing_key; /* NULL: the message's own routing key */
+    uint8_t max_priority;         /* x-max-priority: 0 none; else messages are handed out
+                                   * highest AMQP priority first (capped at this) */
     const struct wr_table *args;  /* declare arguments, kept as given; may be NULL */
     const struct wr_table *options; /* the storage plugin's options; may be NULL */
 };
@@ -245,6 +247,7 @@ WR_API size_t wr_exchange_route(struct wr_exchange *ex, const struct wr_msg *msg
 
 /* Largest body accepted by wr_publish (bytes); default 128 MiB as RabbitMQ. */
 WR_API void wr_broker_set_max_message_size(struct wr_broker *b, uint64_t bytes);
+WR_API uint64_t wr_broker_max_message_size(const struct wr_broker *b);
 
 /* ---- consumers --------------------------------------------------------------------- */
 
@@ -271,9 +274,11 @@ struct wr_consume_args {
     uint32_t prefetch;  /* most unacked deliveries at once; 0: no limit */
     bool no_ack;        /* deliveries count as acked when sent */
     bool exclusive;     /* the only consumer of the queue */
+    int32_t priority;   /* AMQP x-priority: a consumer gets messages only while no consumer
+                         * of a higher priority can take one; equals share round-robin */
 };
 
-/* Starts pushing q's messages to a consumer, round-robin with the others. Errors: WR_EBUSY
+/* Starts pushing q's messages to a consumer, round-robin with the others of its priority. Errors: WR_EBUSY
  * the queue has an exclusive consumer, or exclusive was asked and it has consumers. */
 WR_API int wr_queue_consume(struct wr_queue *q, const struct wr_consumer_ops *ops,
                             const struct wr_consume_args *args, void *data,

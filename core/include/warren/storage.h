@@ -42,6 +42,9 @@ struct wr_storage_args {
     int64_t max_length;         /* messages; -1: no limit */
     int64_t max_length_bytes;   /* body bytes; -1: no limit */
     enum wr_overflow overflow;
+    uint8_t max_priority;       /* queue model: 0, or hand out messages highest
+                                 * msg->props.priority first (priorities above it count as
+                                 * it), FIFO within a priority, as RabbitMQ's x-max-priority */
     uint32_t partitions;        /* log model; 1 for queues */
     const struct wr_table *options; /* validated against the plugin's schema; never NULL */
     wr_storage_drop_cb *dropped;
