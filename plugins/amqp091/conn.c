@@ -47,8 +47,9 @@
 /* How long a finished connection waits for the client to hang up. */
 #define DRAIN_MS 1000
 #define SHUTDOWN_FLUSH_MS 1000
-/* RabbitMQ's absolute maximum message size (?MAX_MSG_SIZE, 512 MiB); larger bodies are
- * counted and dropped, then refused. The broker's configured maximum is wr_publish's. */
+/* RabbitMQ's absolute maximum message size (?MAX_MSG_SIZE, 512 MiB). A body above it or
+ * above the broker's max_message_size is counted and dropped as it arrives (never buffered),
+ * then refused with 406, as RabbitMQ's channel does. */
 #define MAX_BODY_SIZE (512ull << 20)
 /* Heartbeat ticks come every half interval; this many quiet ticks in a row (two intervals)
  * mean the client is gone. */
@@ -881,11 +882,17 @@ void conn_alarm(struct amqp_conn *c, bool raised)
 static void complete(struct amqp_chan *ch, struct content *ct, struct wr_slice body)
 {
     if (ch->state == AMQP_CHAN_OPEN) {
-        if (ct->too_large)
+        uint64_t configured = wr_broker_max_message_size(ch->conn->l->broker);
+        if (ct->too_large && ct->header.body_size > MAX_BODY_SIZE)
             chan_fail(ch, AMQP_PRECONDITION_FAILED, AMQP_BASIC_PUBLISH,
                       "message size %llu is larger than max size %llu",
                       (unsigned long long)ct->header.body_size,
                       (unsigned long long)MAX_BODY_SIZE);
+        else if (ct->too_large)
+            chan_fail(ch, AMQP_PRECONDITION_FAILED, AMQP_BASIC_PUBLISH,
+                      "message size %llu is larger than configured max size %llu",
+                      (unsigned long long)ct->header.body_size,
+                      (unsigned long long)configured);
         else
             chan_publish(ch, &ct->publish, &ct->header, body);
     }
@@ -917,7 +924,8 @@ static void content_header(struct conn *k, struct amqp_chan *ch, struct content 
         return;
     }
     ct->have_header = true;
-    ct->too_large = ct->header.body_size > MAX_BODY_SIZE;
+    ct->too_large = ct->header.body_size > MAX_BODY_SIZE ||
+                    ct->header.body_size > wr_broker_max_message_size(k->c.l->broker);
     if (ct->header.body_size == 0) {
         complete(ch, ct, (struct wr_slice){NULL, 0, 0});
     } else {

@@ -725,6 +725,23 @@ def test_channel_errors_leave_connection_usable(t):
         eq(depth(ch, q), 0, "a fresh channel after five channel errors works")
 
 
+@warren_only(broker_yaml="max_message_size: 1KiB")
+def test_max_message_size_refused(t):
+    # RabbitMQ's max_message_size: a larger body closes the channel with 406 naming both sizes;
+    # the message is not stored and the connection carries on.
+    with t.connect() as conn:
+        ch = conn.channel()
+        q = declare(ch, t, "q")
+        ch.basic_publish("", q, b"x" * 1024)
+        ch.basic_publish("", q, b"x" * 1025)
+        e = expect_channel_error(406, lambda: ch.queue_declare(q, passive=True),
+                                 "publish of 1025 bytes over a 1 KiB max_message_size")
+        eq(e.reply_text, "PRECONDITION_FAILED - message size 1025 is larger than configured "
+           "max size 1024", "reply text")
+        ch = conn.channel()
+        eq(depth(ch, q), 1, "only the message within the limit was stored")
+
+
 def test_wrong_password_refused(t):
     try:
         conn = t.connect(credentials=pika.PlainCredentials("guest", "not-the-password"))
