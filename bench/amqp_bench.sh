@@ -79,10 +79,10 @@ scale = 10 if quick else 1
 # broker holds every message (queue depth); consume drains a queue filled beforehand.
 CASES = [
     ("e2e-100B", "end to end, transient, 100 B",
-     ["--mode", "e2e", "--size", "100", "--count", str(300000 // scale)],
+     ["--mode", "e2e", "--size", "100", "--count", str(1000000 // scale)],
      ["consume_rate"], True),
     ("e2e-1KiB", "end to end, transient, 1 KiB",
-     ["--mode", "e2e", "--size", "1024", "--count", str(300000 // scale)],
+     ["--mode", "e2e", "--size", "1024", "--count", str(1000000 // scale)],
      ["consume_rate"], True),
     ("publish-100B", "publish only into one queue, 100 B",
      ["--mode", "publish", "--size", "100", "--count", str(100000 // scale)],
@@ -91,7 +91,7 @@ CASES = [
      ["--mode", "consume", "--prefill", "--size", "100", "--count", str(100000 // scale)],
      ["consume_rate"], True),
     ("confirms-100B", "end to end, publisher confirms, transient, 100 B",
-     ["--mode", "e2e", "--confirm", "--size", "100", "--count", str(200000 // scale)],
+     ["--mode", "e2e", "--confirm", "--size", "100", "--count", str(500000 // scale)],
      ["consume_rate"], True),
     # warren has only the memory storage so far: a durable queue is not durable there yet.
     ("persistent-confirms-100B", "end to end, confirms, persistent, durable queue, 100 B",

@@ -245,6 +245,55 @@ struct wr_str amqp_rd_longstr(struct amqp_rd *r)
     return (struct wr_str){s, s ? n : 0};
 }
 
+/* Names are almost always ASCII, so eight bytes at a time are tested for a high bit first;
+ * a multi-byte sequence is then checked against the ranges of RFC 3629's table, which is
+ * what leaves out overlong forms (C0, C1, E0 80-9F, F0 80-8F), surrogates (ED A0-BF) and
+ * code points past U+10FFFF (F4 90-BF, F5-FF). */
+bool amqp_utf8_valid(struct wr_str s)
+{
+    if (s.len == 0)
+        return true;
+    const uint8_t *p = (const uint8_t *)s.ptr;
+    const uint8_t *end = p + s.len;
+    while (p < end) {
+        if (end - p >= 8) {
+            uint64_t word = 0;
+            memcpy(&word, p, 8);
+            if ((word & 0x8080808080808080u) == 0) {
+                p += 8;
+                continue;
+            }
+        }
+        uint8_t c = *p;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        size_t more = 0;              /* continuation bytes after c */
+        uint8_t lo = 0x80, hi = 0xbf; /* the range allowed for the first of them */
+        if (c >= 0xc2 && c <= 0xdf) {
+            more = 1;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            more = 2;
+            lo = c == 0xe0 ? 0xa0 : 0x80;
+            hi = c == 0xed ? 0x9f : 0xbf;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            more = 3;
+            lo = c == 0xf0 ? 0x90 : 0x80;
+            hi = c == 0xf4 ? 0x8f : 0xbf;
+        } else {
+            return false;
+        }
+        if ((size_t)(end - p) <= more || p[1] < lo || p[1] > hi)
+            return false;
+        for (size_t i = 2; i <= more; i++)
+            if ((p[i] & 0xc0) != 0x80)
+                return false;
+        p += more + 1;
+    }
+    return true;
+}
+
 /* A reader over the next (32-bit length)-prefixed block of r, which skips past it. */
 static struct amqp_rd rd_block(struct amqp_rd *r)
 {

@@ -109,11 +109,24 @@ void amqp_wr_heartbeat(struct amqp_wr *w);
 const char *amqp_method_name(uint32_t id);
 /* True for methods followed by content (basic.publish, return, deliver, get-ok). */
 bool amqp_method_has_content(uint32_t id);
+/* amqp_method_decode's answer for a shortstr argument that is not UTF-8. RabbitMQ closes
+ * the connection with 501 "FRAME_ERROR - Malformed UTF-8 in shortstr" for it. Negative, so
+ * that it is never mistaken for a reply code. */
+#define AMQP_DECODE_BAD_UTF8 (-1)
+
+/* True when s is well-formed UTF-8 (RFC 3629): no overlong forms, no surrogates (U+D800 to
+ * U+DFFF), nothing past U+10FFFF, no truncated sequence. Stricter than RabbitMQ 3.10, whose
+ * xmerl_ucs check lets surrogates and code points up to U+1FFFFF through. */
+bool amqp_utf8_valid(struct wr_str s);
+
 /* Decodes a method frame's payload (class id, method id, arguments). Strings borrow from
  * payload; tables are owned by m (amqp_method_free). Returns 0; AMQP_COMMAND_INVALID for a
  * class/method id not in the spec (m->id is still set, for the error message);
- * AMQP_SYNTAX_ERROR for a truncated or malformed argument list or trailing bytes. On error
- * nothing needs freeing. */
+ * AMQP_SYNTAX_ERROR for a truncated or malformed argument list or trailing bytes;
+ * AMQP_DECODE_BAD_UTF8 when the arguments parse but a shortstr argument is not UTF-8. As
+ * RabbitMQ does, only methods without content have their shortstrs checked (basic.publish's
+ * exchange and routing key are not: they are read for every message), and neither field
+ * table keys nor content properties are. On error nothing needs freeing. */
 int amqp_method_decode(const uint8_t *payload, size_t len, struct amqp_method *m);
 /* Frees the tables a decode allocated; m may then be reused. */
 void amqp_method_free(struct amqp_method *m);

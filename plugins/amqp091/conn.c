@@ -477,8 +477,9 @@ static void unexpected_frame(struct conn *k, const struct amqp_frame *f)
     conn_fail(&k->c, AMQP_UNEXPECTED_FRAME, 0, "type %u, %s", f->type, octets);
 }
 
-/* A method frame the codec refused: an unknown method, or arguments it cannot decode
- * (RabbitMQ answers those with frame_error "cannot decode"). */
+/* A method frame the codec refused: an unknown method, arguments it cannot decode
+ * (RabbitMQ answers those with frame_error "cannot decode"), or a shortstr argument that is
+ * not UTF-8 (RabbitMQ raises that while decoding, before it knows the method: ids 0/0). */
 static void bad_method(struct conn *k, const struct amqp_frame *f, const struct amqp_method *m,
                        int rc)
 {
@@ -486,6 +487,10 @@ static void bad_method(struct conn *k, const struct amqp_frame *f, const struct 
     if (rc == AMQP_COMMAND_INVALID) {
         conn_fail(&k->c, AMQP_COMMAND_INVALID, m->id, "unknown method: class-id %u, "
                   "method-id %u", m->id >> 16, m->id & 0xffff);
+        return;
+    }
+    if (rc == AMQP_DECODE_BAD_UTF8) {
+        conn_fail(&k->c, AMQP_FRAME_ERROR, 0, "Malformed UTF-8 in shortstr");
         return;
     }
     char bytes[96];

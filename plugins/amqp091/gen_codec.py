@@ -194,6 +194,19 @@ def gen_decode(methods):
                 w("            rc = amqp_rd_table(&r, &a->%s);" % g.name)
             else:
                 w("        a->%s = %s(&r);" % (g.name, READERS[g.type]))
+        # RabbitMQ checks the shortstrs once the whole argument list has matched (so a
+        # truncated frame stays a syntax error), and skips content-bearing methods: their
+        # strings are read for every message, and the check is a sanity check, not security.
+        # A table that fails to parse is a syntax error here even behind a bad shortstr.
+        strings = [a for a in m.args if a.type == "shortstr"]
+        if strings and not m.content:
+            checks = ["!amqp_utf8_valid(a->%s)" % a.name for a in strings]
+            w("        if (rc == 0 && !r.bad && r.off == len &&")
+            if len(checks) == 1:
+                w("            %s)" % checks[0])
+            else:
+                w("            (%s))" % " ||\n             ".join(checks))
+            w("            rc = AMQP_DECODE_BAD_UTF8;")
         w("        break;")
         w("    }")
     w("    default:")

@@ -9,10 +9,17 @@
  * binary search; the usual case, older than everything ready, is a push at the front. This
  * is what RabbitMQ's classic queues do.
  *
- * Limits (max_length, max_length_bytes) count ready messages only, as RabbitMQ does. The
- * ring always has room for every message the queue holds, ready or unacked, and that room is
- * taken at enqueue: so requeue never allocates and cannot fail, and a message is never
- * stranded between the two sets.
+ * A priority queue (max_priority > 0, RabbitMQ's x-max-priority) has one ring per level,
+ * 0..max_priority, as RabbitMQ keeps one backing queue per priority: a message goes to the
+ * ring of its priority (none counts as 0, above max_priority as max_priority), and next takes
+ * the head of the highest non-empty ring. Sequence numbers stay queue-wide, so tags are unique
+ * and each ring is FIFO with requeues at their original place. A plain queue is the same code
+ * with the one ring, level 0.
+ *
+ * Limits (max_length, max_length_bytes) count ready messages only, as RabbitMQ does. Each
+ * ring always has room for every message of its level the queue holds, ready or unacked, and
+ * that room is taken at enqueue: so requeue never allocates and cannot fail, and a message is
+ * never stranded between the two sets.
  *
  * Nothing here is durable: sync is NULL because the queue is as durable as it claims to be
  * when an op returns.
@@ -38,12 +45,19 @@ struct mem_slot {
     struct wr_msg *msg;
 };
 
-struct mem_queue {
-    struct mem_entry *ring; /* ready messages, in sequence order from head */
+/* The ready messages of one priority level. */
+struct mem_ring {
+    struct mem_entry *entries; /* in sequence order from head */
     size_t head;
     size_t count;
-    size_t cap;             /* a power of two, >= count + unacked */
+    size_t out;                /* unacked messages of this level: room kept for their requeue */
+    size_t cap;                /* a power of two, or 0; >= count + out */
+};
+
+struct mem_queue {
+    size_t count;           /* ready messages, all levels */
     uint64_t ready_bytes;   /* sum of the ready messages' body lengths */
+    size_t top;             /* no level above it has ready messages */
 
     struct mem_slot *slots; /* unacked, by tag */
     size_t scap;            /* a power of two, or 0 */
@@ -55,72 +69,114 @@ struct mem_queue {
     enum wr_overflow overflow;
     wr_storage_drop_cb *dropped;
     void *owner;
+
+    uint8_t max_priority;
+    struct mem_ring levels[]; /* max_priority + 1 */
 };
 
 /* ---- the ready ring ------------------------------------------------------------------ */
 
-static struct mem_entry *mem_at(struct mem_queue *q, size_t i)
+static struct mem_entry *mem_at(struct mem_ring *r, size_t i)
 {
-    return &q->ring[(q->head + i) & (q->cap - 1)];
+    return &r->entries[(r->head + i) & (r->cap - 1)];
 }
 
-/* Makes room for n messages in all (ready and unacked). */
-static int mem_reserve(struct mem_queue *q, size_t n)
+/* Makes room for n messages of this level in all (ready and unacked). */
+static int mem_reserve(struct mem_ring *r, size_t n)
 {
-    if (n <= q->cap)
+    if (n <= r->cap)
         return WR_OK;
-    size_t cap = q->cap ? q->cap : MEM_MIN_CAP;
+    size_t cap = r->cap ? r->cap : MEM_MIN_CAP;
     while (cap < n) {
         if (cap > SIZE_MAX / 2 / sizeof(struct mem_entry))
             return WR_ENOMEM;
         cap *= 2;
     }
-    struct mem_entry *ring = malloc(cap * sizeof(*ring));
-    if (!ring)
+    struct mem_entry *entries = malloc(cap * sizeof(*entries));
+    if (!entries)
         return WR_ENOMEM;
-    for (size_t i = 0; i < q->count; i++)
-        ring[i] = *mem_at(q, i);
-    free(q->ring);
-    q->ring = ring;
-    q->head = 0;
-    q->cap = cap;
+    for (size_t i = 0; i < r->count; i++)
+        entries[i] = *mem_at(r, i);
+    free(r->entries);
+    r->entries = entries;
+    r->head = 0;
+    r->cap = cap;
     return WR_OK;
 }
 
-static struct mem_entry mem_pop_head(struct mem_queue *q)
+/* The ring a message belongs to: its priority, capped at max_priority; none counts as 0. */
+static struct mem_ring *mem_ring_of(struct mem_queue *q, const struct wr_msg *msg)
 {
-    struct mem_entry e = q->ring[q->head];
-    q->head = (q->head + 1) & (q->cap - 1);
+    if (q->max_priority == 0 || !(msg->props.flags & WR_PROP_PRIORITY))
+        return &q->levels[0];
+    uint8_t p = msg->props.priority;
+    return &q->levels[p < q->max_priority ? p : q->max_priority];
+}
+
+/* The ring whose head next() hands out: the highest with ready messages. The caller knows
+ * the queue has some. */
+static struct mem_ring *mem_head_ring(struct mem_queue *q)
+{
+    while (q->top > 0 && q->levels[q->top].count == 0)
+        q->top--;
+    return &q->levels[q->top];
+}
+
+/* Keeps top at or above r, which just got a ready message. */
+static void mem_raise_top(struct mem_queue *q, const struct mem_ring *r)
+{
+    size_t level = (size_t)(r - q->levels);
+    if (level > q->top)
+        q->top = level;
+}
+
+static struct mem_entry mem_pop_head(struct mem_queue *q, struct mem_ring *r)
+{
+    struct mem_entry e = r->entries[r->head];
+    r->head = (r->head + 1) & (r->cap - 1);
+    r->count--;
     q->count--;
     q->ready_bytes -= e.msg->body.len;
     return e;
 }
 
-/* Inserts e among the ready messages by its sequence number. The caller made room. */
-static void mem_insert(struct mem_queue *q, struct mem_entry e)
+/* Inserts e among the ready messages of its ring by its sequence number. The caller made
+ * room. */
+static void mem_insert(struct mem_queue *q, struct mem_ring *r, struct mem_entry e)
 {
-    size_t lo = 0, hi = q->count;
-    if (q->count > 0 && e.seq > mem_at(q, q->count - 1)->seq)
-        lo = q->count; /* after everything: an append */
+    size_t lo = 0, hi = r->count;
+    if (r->count > 0 && e.seq > mem_at(r, r->count - 1)->seq)
+        lo = r->count; /* after everything: an append */
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (mem_at(q, mid)->seq < e.seq)
+        if (mem_at(r, mid)->seq < e.seq)
             lo = mid + 1;
         else
             hi = mid;
     }
     /* Shift the shorter side: at the front (the usual requeue) nothing moves at all. */
-    if (lo < q->count - lo) {
-        q->head = (q->head - 1) & (q->cap - 1);
+    if (lo < r->count - lo) {
+        r->head = (r->head - 1) & (r->cap - 1);
         for (size_t i = 0; i < lo; i++)
-            *mem_at(q, i) = *mem_at(q, i + 1);
+            *mem_at(r, i) = *mem_at(r, i + 1);
     } else {
-        for (size_t i = q->count; i > lo; i--)
-            *mem_at(q, i) = *mem_at(q, i - 1);
+        for (size_t i = r->count; i > lo; i--)
+            *mem_at(r, i) = *mem_at(r, i - 1);
     }
-    *mem_at(q, lo) = e;
+    *mem_at(r, lo) = e;
+    r->count++;
     q->count++;
     q->ready_bytes += e.msg->body.len;
+    mem_raise_top(q, r);
+}
+
+/* Drops every ready message of every level, releasing the storage's references. */
+static void mem_release_ready(struct mem_queue *q)
+{
+    for (size_t p = 0; p <= q->max_priority; p++)
+        while (q->levels[p].count > 0)
+            wr_msg_unref(mem_pop_head(q, &q->levels[p]).msg);
+    q->top = 0;
 }
 
 static bool mem_over_limit(const struct mem_queue *q)
@@ -129,13 +185,15 @@ static bool mem_over_limit(const struct mem_queue *q)
            (q->max_length_bytes >= 0 && q->ready_bytes > (uint64_t)q->max_length_bytes);
 }
 
-/* Drop-head: while the ready messages exceed a limit, the oldest goes to the owner (who may
- * dead-letter it) or is freed. Each is out of the queue before the callback runs, so the
- * callback may come back into this queue. */
+/* Drop-head: while the ready messages exceed a limit, the head (the message next() would hand
+ * out) goes to the owner (who may dead-letter it) or is freed. In a priority queue that is
+ * the oldest of the highest priority, as RabbitMQ drops: its drop takes the first non-empty
+ * backing queue from the highest priority down, as fetch does. Each is out of the queue
+ * before the callback runs, so the callback may come back into this queue. */
 static void mem_drop_head(struct mem_queue *q)
 {
     while (q->count > 0 && mem_over_limit(q)) {
-        struct mem_entry e = mem_pop_head(q);
+        struct mem_entry e = mem_pop_head(q, mem_head_ring(q));
         if (q->dropped)
             q->dropped(q->owner, e.msg);
         else
@@ -220,7 +278,8 @@ static int mem_open(struct wr_plugin_ctx *ctx, const struct wr_storage_args *arg
     if (args->overflow != WR_OVERFLOW_DROP_HEAD && args->overflow != WR_OVERFLOW_REJECT_PUBLISH)
         return wr_error_set(err, WR_EINVAL, "memory storage: unknown overflow mode %d",
                             (int)args->overflow);
-    struct mem_queue *q = calloc(1, sizeof(*q));
+    size_t n_levels = (size_t)args->max_priority + 1;
+    struct mem_queue *q = calloc(1, sizeof(*q) + n_levels * sizeof(struct mem_ring));
     if (!q)
         return wr_error_set(err, WR_ENOMEM, "memory storage: out of memory");
     q->max_length = args->max_length;
@@ -228,6 +287,7 @@ static int mem_open(struct wr_plugin_ctx *ctx, const struct wr_storage_args *arg
     q->overflow = args->overflow;
     q->dropped = args->dropped;
     q->owner = args->owner;
+    q->max_priority = args->max_priority;
     *state = q;
     return WR_OK;
 }
@@ -237,12 +297,12 @@ static void mem_close(void *state)
     struct mem_queue *q = state;
     if (!q)
         return;
-    while (q->count > 0)
-        wr_msg_unref(mem_pop_head(q).msg);
+    mem_release_ready(q);
     for (size_t i = 0; i < q->scap; i++)
         wr_msg_unref(q->slots[i].msg);
+    for (size_t p = 0; p <= q->max_priority; p++)
+        free(q->levels[p].entries);
     free(q->slots);
-    free(q->ring);
     free(q);
 }
 
@@ -267,12 +327,15 @@ static int mem_enqueue(void *state, struct wr_msg *msg, struct wr_error *err)
                                 (unsigned long long)q->ready_bytes, len,
                                 (long long)q->max_length_bytes);
     }
-    if (mem_reserve(q, q->count + q->sused + 1) != WR_OK)
+    struct mem_ring *r = mem_ring_of(q, msg);
+    if (mem_reserve(r, r->count + r->out + 1) != WR_OK)
         return wr_error_set(err, WR_ENOMEM, "memory storage: out of memory for %zu messages",
-                            q->count + q->sused + 1);
-    *mem_at(q, q->count) = (struct mem_entry){++q->next_seq, wr_msg_ref(msg), false};
+                            r->count + r->out + 1);
+    *mem_at(r, r->count) = (struct mem_entry){++q->next_seq, wr_msg_ref(msg), false};
+    r->count++;
     q->count++;
     q->ready_bytes += len;
+    mem_raise_top(q, r);
     if (q->overflow == WR_OVERFLOW_DROP_HEAD)
         mem_drop_head(q);
     return WR_OK;
@@ -286,7 +349,9 @@ static int mem_next(void *state, struct wr_stored *out)
     /* Fails before the message moves: it stays at the head, and a later next may succeed. */
     if (mem_slots_reserve(q) != WR_OK)
         return WR_ENOMEM;
-    struct mem_entry e = mem_pop_head(q);
+    struct mem_ring *r = mem_head_ring(q);
+    struct mem_entry e = mem_pop_head(q, r);
+    r->out++;
     mem_slot_put(q->slots, q->scap, (struct mem_slot){e.seq, e.msg});
     q->sused++;
     out->msg = e.msg;
@@ -302,6 +367,7 @@ static int mem_take(void *state, uint64_t tag, struct wr_msg **out)
     if (!s)
         return WR_ENOTFOUND;
     *out = s->msg;
+    mem_ring_of(q, s->msg)->out--;
     mem_slot_del(q, s);
     return WR_OK;
 }
@@ -324,8 +390,10 @@ static int mem_requeue(void *state, uint64_t tag)
     if (!s)
         return WR_ENOTFOUND;
     struct mem_entry e = {s->tag, s->msg, true};
+    struct mem_ring *r = mem_ring_of(q, e.msg);
+    r->out--;
     mem_slot_del(q, s);
-    mem_insert(q, e); /* room was reserved when it was enqueued */
+    mem_insert(q, r, e); /* room was reserved when it was enqueued */
     if (q->overflow == WR_OVERFLOW_DROP_HEAD)
         mem_drop_head(q);
     return WR_OK;
@@ -335,15 +403,14 @@ static uint64_t mem_purge(void *state)
 {
     struct mem_queue *q = state;
     uint64_t n = q->count;
-    while (q->count > 0)
-        wr_msg_unref(mem_pop_head(q).msg);
+    mem_release_ready(q);
     return n;
 }
 
 static const struct wr_msg *mem_peek(void *state)
 {
     struct mem_queue *q = state;
-    return q->count ? mem_at(q, 0)->msg : NULL;
+    return q->count ? mem_at(mem_head_ring(q), 0)->msg : NULL;
 }
 
 static uint64_t mem_depth(void *state)

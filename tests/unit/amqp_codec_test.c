@@ -2,7 +2,8 @@
  * amqp_codec_test.c: the AMQP 0-9-1 wire codec (plugins/amqp091/codec.c and the code
  * gen_codec.py generates): field tables of every type, every method of the spec, content
  * headers with all basic properties, frames and body splitting, and the answers to broken
- * input (501 frame error, 502 syntax error, 503 command invalid) without a bad read.
+ * input (501 frame error, 502 syntax error, 503 command invalid, malformed UTF-8 in a
+ * shortstr) without a bad read.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -716,6 +717,120 @@ Test(amqp_codec, method_with_a_bad_table_is_a_syntax_error)
     cr_assert_eq(amqp_method_decode(trailing, sizeof trailing, &m), AMQP_SYNTAX_ERROR);
 }
 
+/* ---- UTF-8 in shortstrs ------------------------------------------------------------------ */
+
+static bool utf8(const char *s)
+{
+    return amqp_utf8_valid((struct wr_str){s, strlen(s)});
+}
+
+Test(amqp_codec, utf8_accepts_every_well_formed_length)
+{
+    cr_assert(amqp_utf8_valid((struct wr_str){NULL, 0}));
+    cr_assert(utf8("amq.gen-JzTY20BRgKO-HjmUJj0wLg, long enough for the 8-byte path"));
+    cr_assert(utf8("\xc2\x80" "\xdf\xbf"));                 /* U+0080, U+07FF */
+    cr_assert(utf8("\xe0\xa0\x80" "\xed\x9f\xbf"));         /* U+0800, U+D7FF */
+    cr_assert(utf8("\xee\x80\x80" "\xef\xbf\xbf"));         /* U+E000, U+FFFF */
+    cr_assert(utf8("\xf0\x90\x80\x80" "\xf4\x8f\xbf\xbf")); /* U+10000, U+10FFFF */
+    cr_assert(utf8("caf\xc3\xa9.orders-\xe2\x82\xac-\xf0\x9f\x98\x80-queue.na\xc3\xafve"));
+    cr_assert(utf8("\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e 12345678"));
+}
+
+Test(amqp_codec, utf8_refuses_malformed_sequences)
+{
+    static const char *const bad[] = {
+        "\x80", "\xbf", "abc\x80" "def",          /* lone continuation bytes */
+        "\xc0\x80", "\xc1\xbf",                   /* overlong 2-byte forms */
+        "\xe0\x80\x80", "\xe0\x9f\xbf",           /* overlong 3-byte forms */
+        "\xf0\x80\x80\x80", "\xf0\x8f\xbf\xbf",   /* overlong 4-byte forms */
+        "\xed\xa0\x80", "\xed\xbf\xbf",           /* surrogates U+D800, U+DFFF */
+        "\xc3", "\xe2\x82", "\xf0\x9f\x98",       /* truncated at the end */
+        "\xe2\x82" "A", "\xf0\x9f" "AB",          /* truncated before ASCII */
+        "\xf4\x90\x80\x80", "\xf5\x80\x80\x80",   /* past U+10FFFF */
+        "\xf8\x88\x80\x80\x80", "\xfe", "\xff",   /* bytes UTF-8 never uses */
+        "abcdefgh\xff", "abcdefg\xc3\xa9\xff",    /* after the 8-byte ASCII path */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        cr_assert_not(utf8(bad[i]), "bad[%zu] was accepted", i);
+}
+
+Test(amqp_codec, method_with_a_bad_shortstr_is_bad_utf8)
+{
+    /* queue.declare "\xff\xfe", as RabbitMQ's differential scenario sends it. */
+    static const uint8_t p[] = {0, 50, 0, 10, 0, 0, 2, 0xff, 0xfe, 0, 0, 0, 0, 0};
+    struct amqp_method m;
+    cr_assert_eq(amqp_method_decode(p, sizeof p, &m), AMQP_DECODE_BAD_UTF8);
+    /* The same frame cut short, or with a byte too many, stays a syntax error. */
+    cr_assert_eq(amqp_method_decode(p, sizeof p - 1, &m), AMQP_SYNTAX_ERROR);
+    static const uint8_t trailing[] = {0, 50, 0, 10, 0, 0, 2, 0xff, 0xfe, 0, 0, 0, 0, 0, 7};
+    cr_assert_eq(amqp_method_decode(trailing, sizeof trailing, &m), AMQP_SYNTAX_ERROR);
+    /* "café" is a good name. */
+    static const uint8_t good[] = {0, 50, 0, 10, 0, 0, 5, 'c', 'a', 'f', 0xc3, 0xa9,
+                                   0, 0, 0, 0, 0};
+    cr_assert_eq(amqp_method_decode(good, sizeof good, &m), 0);
+    cr_assert_eq(m.u.queue_declare.queue.len, 5);
+    amqp_method_free(&m);
+}
+
+/* The offsets of the shortstrs build_args wrote ("short-N"), at most max of them. */
+static size_t shortstr_offsets(const struct amqp_wr *w, size_t *off, size_t max)
+{
+    size_t n = 0;
+    for (size_t i = 4; i + 6 <= w->len && n < max; i++)
+        if (memcmp(w->p + i, "short-", 6) == 0)
+            off[n++] = i;
+    return n;
+}
+
+Test(amqp_codec, every_shortstr_argument_is_checked_unless_the_method_has_content)
+{
+    struct amqp_wr in = {0};
+    size_t checked = 0;
+    for (size_t i = 0; i < AMQP_METHOD_COUNT; i++) {
+        uint32_t id = amqp_method_ids[i];
+        const char *name = amqp_method_name(id);
+        method_payload(&in, i, 1);
+        size_t off[8];
+        size_t n = shortstr_offsets(&in, off, 8);
+        size_t want = 0;
+        for (const char *c = amqp_method_sigs[i]; *c; c++)
+            want += *c == 's';
+        cr_assert_eq(n, want, "%s", name);
+        int expect = amqp_method_has_content(id) ? 0 : AMQP_DECODE_BAD_UTF8;
+        for (size_t k = 0; k < n; k++) {
+            in.p[off[k]] = 0xc0; /* "\xc0hort-1": an overlong form's lead byte */
+            struct amqp_method m;
+            int rc = amqp_method_decode(in.p, in.len, &m);
+            cr_assert_eq(rc, expect, "%s, shortstr %zu: rc %d", name, k, rc);
+            if (rc == 0)
+                amqp_method_free(&m);
+            in.p[off[k]] = 's';
+            checked++;
+        }
+    }
+    cr_assert_gt(checked, 30);
+    amqp_wr_free(&in);
+}
+
+Test(amqp_codec, basic_publish_table_keys_and_properties_are_not_checked)
+{
+    /* RabbitMQ skips content-bearing methods, table keys and content properties. */
+    static const uint8_t publish[] = {0, 60, 0, 40, 0, 0, 1, 0xff, 1, 0xfe, 0};
+    struct amqp_method m;
+    cr_assert_eq(amqp_method_decode(publish, sizeof publish, &m), 0);
+    amqp_method_free(&m);
+    /* queue.declare "q" with arguments {"\xff": true}. */
+    static const uint8_t key[] = {0, 50, 0, 10, 0, 0, 1, 'q', 0, 0, 0, 0, 4, 1, 0xff, 't', 1};
+    cr_assert_eq(amqp_method_decode(key, sizeof key, &m), 0);
+    amqp_method_free(&m);
+    /* A basic content header whose content-type is "\xff". */
+    static const uint8_t header[] = {0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80, 0, 1, 0xff};
+    struct amqp_content_header h;
+    cr_assert_eq(amqp_content_header_decode(header, sizeof header, &h), 0);
+    cr_assert_eq(h.props.content_type.len, 1);
+    wr_table_free(h.headers);
+}
+
 /* ---- frames --------------------------------------------------------------------------- */
 
 Test(amqp_codec, frame_parse)
@@ -1024,7 +1139,8 @@ Test(amqp_codec, garbage_and_mutations_never_read_out_of_bounds)
         memcpy(p, in.p, len);
         struct amqp_method m;
         int rc = amqp_method_decode(p, len, &m);
-        cr_assert(rc == 0 || rc == AMQP_SYNTAX_ERROR, "rc %d", rc);
+        cr_assert(rc == 0 || rc == AMQP_SYNTAX_ERROR || rc == AMQP_DECODE_BAD_UTF8, "rc %d",
+                  rc);
         if (rc == 0)
             amqp_method_free(&m);
         struct amqp_content_header h;
