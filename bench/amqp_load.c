@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -33,7 +34,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <poll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -443,7 +443,13 @@ static void producer_run(struct producer *p)
     struct wire_msg m = {0};
 
     p->ok = false;
-    if (!wire_msg_init(&m, o, (uint32_t)amqp_get_frame_max(p->conn))) {
+    int frame_max = amqp_get_frame_max(p->conn);
+    if (frame_max < AMQP_FRAME_MIN_SIZE) {
+        fail("producer", "frame_max %d is below AMQP's minimum %d", frame_max,
+             AMQP_FRAME_MIN_SIZE);
+        return;
+    }
+    if (!wire_msg_init(&m, o, (uint32_t)frame_max)) {
         fail("producer", "out of memory");
         return;
     }
