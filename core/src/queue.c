@@ -516,8 +516,14 @@ int queue_store(struct wr_queue *q, struct wr_msg *msg, struct wr_error *err)
         if (head)
             ttl_arm(q, msg_expiry(q, head));
     }
-    if (q->n_consumers)
+    if (q->n_consumers) {
         queue_schedule(q);
+        /* The pass judges expiry as of this message's arrival at the latest, so it reaches
+         * a consumer that was waiting even if the clock ticked since it was accepted. */
+        struct wr_broker *b = q->vh->broker;
+        if (b->dispatch_deferred && msg->timestamp_ms < b->dispatch_ms)
+            b->dispatch_ms = msg->timestamp_ms;
+    }
     return WR_OK;
 }
 

@@ -2,7 +2,8 @@
  * storage_memory_test.c: the `memory` storage backend, loaded through the real plugin
  * loader and driven through its ops table as the broker drives it: FIFO delivery, ack,
  * requeue at the original place with the redelivered flag, purge, counts, and the
- * max-length limits under drop-head and reject-publish (RabbitMQ's semantics).
+ * max-length limits under drop-head and reject-publish (RabbitMQ's semantics); then the same
+ * for priority queues (x-max-priority).
  */
 #include <criterion/criterion.h>
 
@@ -80,8 +81,8 @@ static void release_dropped(void)
     n_dropped = 0;
 }
 
-static void *open_limited(int64_t max_length, int64_t max_bytes, enum wr_overflow overflow,
-                          bool with_callback)
+static void *open_full(uint8_t max_priority, int64_t max_length, int64_t max_bytes,
+                       enum wr_overflow overflow, bool with_callback)
 {
     struct wr_storage_args args = {
         .vhost = "/",
@@ -90,6 +91,7 @@ static void *open_limited(int64_t max_length, int64_t max_bytes, enum wr_overflo
         .max_length = max_length,
         .max_length_bytes = max_bytes,
         .overflow = overflow,
+        .max_priority = max_priority,
         .partitions = 1,
         .options = no_options,
         .dropped = with_callback ? on_dropped : NULL,
@@ -102,15 +104,35 @@ static void *open_limited(int64_t max_length, int64_t max_bytes, enum wr_overflo
     return state;
 }
 
+static void *open_limited(int64_t max_length, int64_t max_bytes, enum wr_overflow overflow,
+                          bool with_callback)
+{
+    return open_full(0, max_length, max_bytes, overflow, with_callback);
+}
+
+static void *open_priority(uint8_t max_priority)
+{
+    return open_full(max_priority, -1, -1, WR_OVERFLOW_DROP_HEAD, true);
+}
+
 static void *open_plain(void)
 {
     return open_limited(-1, -1, WR_OVERFLOW_DROP_HEAD, true);
 }
 
-static struct wr_msg *make_msg(const char *body)
+#define NO_PRIORITY (-1)
+
+/* A message with the priority property set to priority, or without it (NO_PRIORITY). */
+static struct wr_msg *make_msg_priority(const char *body, int priority)
 {
+    struct wr_props props = {0};
+    if (priority != NO_PRIORITY) {
+        props.flags = WR_PROP_PRIORITY;
+        props.priority = (uint8_t)priority;
+    }
     struct wr_msg_init init = {
         .routing_key = wr_str_c("rk"),
+        .props = &props,
         .body_ptr = body,
         .body_len = strlen(body),
     };
@@ -120,13 +142,23 @@ static struct wr_msg *make_msg(const char *body)
     return msg;
 }
 
-/* Enqueues a new message and drops the test's own reference: the storage keeps one. */
-static int put(void *q, const char *body)
+static struct wr_msg *make_msg(const char *body)
 {
-    struct wr_msg *msg = make_msg(body);
+    return make_msg_priority(body, NO_PRIORITY);
+}
+
+/* Enqueues a new message and drops the test's own reference: the storage keeps one. */
+static int put_priority(void *q, const char *body, int priority)
+{
+    struct wr_msg *msg = make_msg_priority(body, priority);
     int rc = ops->enqueue(q, msg, NULL);
     wr_msg_unref(msg);
     return rc;
+}
+
+static int put(void *q, const char *body)
+{
+    return put_priority(q, body, NO_PRIORITY);
 }
 
 static bool body_is(const struct wr_msg *msg, const char *want)
@@ -581,6 +613,322 @@ Test(storage_memory, random_operations_match_a_model)
     ops->close(q);
 }
 
+/* ---- priority queues (x-max-priority) -------------------------------------------------- */
+
+Test(storage_memory, priority_highest_first_fifo_within)
+{
+    void *q = open_priority(10);
+    put_priority(q, "p0", 0);
+    put_priority(q, "p3", 3);
+    put_priority(q, "p9", 9);
+    put_priority(q, "p5", 5);
+    put_priority(q, "p3b", 3);
+    cr_assert_eq(ops->depth(q), 5);
+    const char *want[] = {"p9", "p5", "p3", "p3b", "p0"};
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(ops->ack(q, take(q, want[i], false)), WR_OK);
+    assert_empty(q);
+    ops->close(q);
+}
+
+Test(storage_memory, priority_above_max_counts_as_max)
+{
+    void *q = open_priority(5);
+    put_priority(q, "five", 5);
+    put_priority(q, "two-hundred", 200);
+    put_priority(q, "seven", 7);
+    put_priority(q, "four", 4);
+    /* 200 and 7 are 5: FIFO with the first 5, all ahead of 4. */
+    take(q, "five", false);
+    take(q, "two-hundred", false);
+    take(q, "seven", false);
+    take(q, "four", false);
+    assert_empty(q);
+    ops->close(q);
+
+    /* The widest range RabbitMQ allows. */
+    q = open_priority(255);
+    put_priority(q, "254", 254);
+    put_priority(q, "0", 0);
+    put_priority(q, "255", 255);
+    take(q, "255", false);
+    take(q, "254", false);
+    take(q, "0", false);
+    ops->close(q);
+}
+
+Test(storage_memory, priority_missing_counts_as_zero)
+{
+    void *q = open_priority(3);
+    put_priority(q, "none1", NO_PRIORITY);
+    put_priority(q, "zero", 0);
+    put_priority(q, "one", 1);
+    put_priority(q, "none2", NO_PRIORITY);
+    take(q, "one", false);
+    take(q, "none1", false);
+    take(q, "zero", false);
+    take(q, "none2", false);
+    ops->close(q);
+}
+
+Test(storage_memory, plain_queue_ignores_priorities)
+{
+    void *q = open_plain();
+    put_priority(q, "low", 0);
+    put_priority(q, "high", 9);
+    put_priority(q, "none", NO_PRIORITY);
+    take(q, "low", false);
+    take(q, "high", false);
+    take(q, "none", false);
+    ops->close(q);
+}
+
+Test(storage_memory, priority_requeue_keeps_its_place_within_its_priority)
+{
+    void *q = open_priority(10);
+    put_priority(q, "h1", 5);
+    put_priority(q, "l1", 1);
+    put_priority(q, "h2", 5);
+    put_priority(q, "l2", 1);
+    put_priority(q, "h3", 5);
+    uint64_t th1 = take(q, "h1", false);
+    uint64_t th2 = take(q, "h2", false);
+    put_priority(q, "h4", 5);
+    /* Ready: h3 h4 | l1 l2. Each requeued one goes back ahead of the later 5s, above the 1s. */
+    cr_assert_eq(ops->requeue(q, th2), WR_OK);
+    cr_assert_eq(ops->requeue(q, th1), WR_OK);
+    cr_assert_eq(ops->unacked(q), 0);
+    cr_assert_eq(ops->depth(q), 6);
+    take(q, "h1", true);
+    take(q, "h2", true);
+    take(q, "h3", false);
+    take(q, "h4", false);
+    uint64_t tl1 = take(q, "l1", false);
+    /* A low one comes back below a higher one published meanwhile, ahead of its own level. */
+    put_priority(q, "h5", 5);
+    put_priority(q, "l3", 1);
+    cr_assert_eq(ops->requeue(q, tl1), WR_OK);
+    take(q, "h5", false);
+    take(q, "l1", true);
+    take(q, "l2", false);
+    take(q, "l3", false);
+    assert_empty(q);
+    ops->close(q); /* the unacked ones go with it */
+}
+
+Test(storage_memory, priority_peek_is_what_next_hands_out)
+{
+    cr_assert_not_null(ops->peek);
+    void *q = open_priority(10);
+    cr_assert_null(ops->peek(q));
+    put_priority(q, "a", 1);
+    cr_assert(body_is(ops->peek(q), "a"));
+    put_priority(q, "b", 7);
+    cr_assert(body_is(ops->peek(q), "b"));
+    put_priority(q, "c", 7);
+    cr_assert(body_is(ops->peek(q), "b"));
+    uint64_t tb = take(q, "b", false);
+    cr_assert(body_is(ops->peek(q), "c"));
+    cr_assert_eq(ops->requeue(q, tb), WR_OK);
+    cr_assert(body_is(ops->peek(q), "b"));
+    take(q, "b", true);
+    take(q, "c", false);
+    cr_assert(body_is(ops->peek(q), "a"), "the lower level shows once the higher is empty");
+    take(q, "a", false);
+    cr_assert_null(ops->peek(q));
+    ops->close(q);
+}
+
+/* RabbitMQ's drop-head drops what a fetch would hand out: rabbit_priority_queue's drop walks
+ * the per-priority backing queues from the highest priority down, as fetch does. */
+Test(storage_memory, priority_max_length_drops_the_head_of_the_highest_priority)
+{
+    void *q = open_full(10, 3, -1, WR_OVERFLOW_DROP_HEAD, true);
+    put_priority(q, "lo", 1);
+    put_priority(q, "hi", 9);
+    put_priority(q, "mid", 5);
+    cr_assert_eq(n_dropped, 0);
+    cr_assert_eq(put_priority(q, "lo2", 1), WR_OK);
+    cr_assert_eq(n_dropped, 1);
+    cr_assert(body_is(dropped[0], "hi"));
+    /* A new message of the highest priority is the head itself, so it is the one to go. */
+    cr_assert_eq(put_priority(q, "top", 9), WR_OK);
+    cr_assert_eq(n_dropped, 2);
+    cr_assert(body_is(dropped[1], "top"));
+    cr_assert_eq(ops->depth(q), 3);
+
+    /* A requeue past the limit drops the head too, whatever level it came back to. */
+    uint64_t tmid = take(q, "mid", false);
+    put_priority(q, "lo3", 1);
+    cr_assert_eq(n_dropped, 2);
+    cr_assert_eq(ops->requeue(q, tmid), WR_OK);
+    cr_assert_eq(n_dropped, 3);
+    cr_assert(body_is(dropped[2], "mid"));
+    take(q, "lo", false);
+    take(q, "lo2", false);
+    take(q, "lo3", false);
+    assert_empty(q);
+    release_dropped();
+    ops->close(q);
+
+    /* max_length_bytes, and no callback: the storage frees what it drops. */
+    q = open_full(10, -1, 4, WR_OVERFLOW_DROP_HEAD, false);
+    put_priority(q, "aa", 2);
+    put_priority(q, "bb", 8);
+    put_priority(q, "c", 0); /* 5 bytes: bb goes */
+    take(q, "aa", false);
+    take(q, "c", false);
+    assert_empty(q);
+    cr_assert_eq(n_dropped, 0);
+    ops->close(q);
+}
+
+Test(storage_memory, priority_reject_publish_counts_every_level)
+{
+    void *q = open_full(10, 2, -1, WR_OVERFLOW_REJECT_PUBLISH, true);
+    cr_assert_eq(put_priority(q, "a", 1), WR_OK);
+    cr_assert_eq(put_priority(q, "b", 9), WR_OK);
+    cr_assert_eq(put_priority(q, "c", 5), WR_ELIMIT, "a higher priority does not get in");
+    cr_assert_eq(put_priority(q, "d", 0), WR_ELIMIT);
+    cr_assert_eq(ops->depth(q), 2);
+    cr_assert_eq(n_dropped, 0);
+    take(q, "b", false);
+    take(q, "a", false);
+    ops->close(q);
+}
+
+Test(storage_memory, priority_purge_and_counts)
+{
+    void *q = open_priority(10);
+    put_priority(q, "a", 0);
+    put_priority(q, "b", 3);
+    put_priority(q, "c", 10);
+    put_priority(q, "d", NO_PRIORITY);
+    put_priority(q, "e", 3);
+    cr_assert_eq(ops->depth(q), 5);
+    uint64_t tc = take(q, "c", false);
+    uint64_t tb = take(q, "b", false);
+    cr_assert_eq(ops->depth(q), 3);
+    cr_assert_eq(ops->unacked(q), 2);
+    cr_assert_eq(ops->purge(q), 3);
+    cr_assert_eq(ops->depth(q), 0);
+    cr_assert_eq(ops->unacked(q), 2);
+    cr_assert_null(ops->peek(q));
+    assert_empty(q);
+    /* After a purge the levels work as before. */
+    cr_assert_eq(ops->requeue(q, tb), WR_OK);
+    put_priority(q, "f", 1);
+    cr_assert_eq(ops->requeue(q, tc), WR_OK);
+    cr_assert_eq(ops->depth(q), 3);
+    take(q, "c", true);
+    take(q, "b", true);
+    take(q, "f", false);
+    cr_assert_eq(ops->unacked(q), 3);
+    ops->close(q);
+}
+
+Test(storage_memory, priority_close_releases_every_level)
+{
+    void *q = open_priority(255);
+    struct wr_msg *msgs[4] = {
+        make_msg_priority("ready-0", 0), make_msg_priority("ready-200", 200),
+        make_msg_priority("out-255", 255), make_msg_priority("ready-none", NO_PRIORITY),
+    };
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(ops->enqueue(q, msgs[i], NULL), WR_OK);
+    take(q, "out-255", false);
+    ops->close(q);
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(msgs[i]->refs, 1, "message %d still held by the storage", i);
+        wr_msg_unref(msgs[i]);
+    }
+}
+
+/* The model above with priorities: ready ids sorted by level (high first), then by id. Levels
+ * -1 (no property) to 6 on a queue whose maximum is 4, so both caps are exercised. */
+#define PRIO_MAX 4
+
+struct model_prio_msg {
+    int id;
+    int level;
+    bool redelivered;
+    uint64_t tag;
+};
+
+static int model_level(int priority)
+{
+    if (priority == NO_PRIORITY)
+        return 0;
+    return priority < PRIO_MAX ? priority : PRIO_MAX;
+}
+
+/* Where m goes among the ready ones: after every higher level and every older one of its own. */
+static int model_place(const struct model_prio_msg *ready, int n_ready, int level, int id)
+{
+    int at = 0;
+    while (at < n_ready &&
+           (ready[at].level > level || (ready[at].level == level && ready[at].id < id)))
+        at++;
+    return at;
+}
+
+Test(storage_memory, priority_random_operations_match_a_model)
+{
+    void *q = open_priority(PRIO_MAX);
+    struct model_prio_msg ready[MODEL_MAX], unacked[MODEL_MAX];
+    int n_ready = 0, n_unacked = 0, next_id = 0;
+    char body[16];
+    srand(11);
+    for (int op = 0; op < MODEL_OPS; op++) {
+        int r = rand() % 4;
+        if (r == 0 && n_ready + n_unacked < MODEL_MAX) {
+            int priority = rand() % 8 - 1;
+            snprintf(body, sizeof body, "%d", next_id);
+            cr_assert_eq(put_priority(q, body, priority), WR_OK);
+            int level = model_level(priority);
+            int at = model_place(ready, n_ready, level, next_id);
+            memmove(&ready[at + 1], &ready[at], (size_t)(n_ready - at) * sizeof(ready[0]));
+            ready[at] = (struct model_prio_msg){next_id++, level, false, 0};
+            n_ready++;
+        } else if (r == 1 && n_ready > 0) {
+            snprintf(body, sizeof body, "%d", ready[0].id);
+            struct model_prio_msg m = ready[0];
+            m.tag = take(q, body, m.redelivered);
+            memmove(&ready[0], &ready[1], (size_t)(n_ready - 1) * sizeof(ready[0]));
+            n_ready--;
+            unacked[n_unacked++] = m;
+        } else if (r == 2 && n_unacked > 0) {
+            int k = rand() % n_unacked;
+            cr_assert_eq(ops->ack(q, unacked[k].tag), WR_OK);
+            unacked[k] = unacked[--n_unacked];
+        } else if (r == 3 && n_unacked > 0) {
+            int k = rand() % n_unacked;
+            struct model_prio_msg m = unacked[k];
+            unacked[k] = unacked[--n_unacked];
+            cr_assert_eq(ops->requeue(q, m.tag), WR_OK);
+            int at = model_place(ready, n_ready, m.level, m.id);
+            memmove(&ready[at + 1], &ready[at], (size_t)(n_ready - at) * sizeof(ready[0]));
+            ready[at] = (struct model_prio_msg){m.id, m.level, true, 0};
+            n_ready++;
+        }
+        cr_assert_eq(ops->depth(q), (uint64_t)n_ready);
+        cr_assert_eq(ops->unacked(q), (uint64_t)n_unacked);
+        const struct wr_msg *head = ops->peek(q);
+        if (n_ready == 0) {
+            cr_assert_null(head);
+        } else {
+            snprintf(body, sizeof body, "%d", ready[0].id);
+            cr_assert(body_is(head, body), "peek is not the model's head %s", body);
+        }
+    }
+    for (int i = 0; i < n_ready; i++) {
+        snprintf(body, sizeof body, "%d", ready[i].id);
+        take(q, body, ready[i].redelivered);
+    }
+    assert_empty(q);
+    ops->close(q);
+}
+
 /* ---- a bounded load -------------------------------------------------------------------- */
 
 #define LOAD 100000
@@ -622,5 +970,42 @@ Test(storage_memory, hundred_thousand_messages)
     free(tags);
     /* Every message is gone; the ones the test made were released with their last ack. */
     cr_assert_leq(wr_msg_bytes_live(), live_before);
+    ops->close(q);
+}
+
+Test(storage_memory, hundred_thousand_messages_over_eleven_priorities)
+{
+    void *q = open_priority(10);
+    char body[16];
+    /* Priorities cycle 0..10, so every level's ring grows many times. */
+    for (int i = 0; i < LOAD; i++) {
+        snprintf(body, sizeof body, "%d", i % 11);
+        cr_assert_eq(put_priority(q, body, i % 11), WR_OK);
+    }
+    cr_assert_eq(ops->depth(q), LOAD);
+    int level = 10;
+    uint64_t prev = 0;
+    for (int i = 0; i < LOAD; i++) {
+        struct wr_stored d;
+        cr_assert_eq(ops->next(q, &d), WR_OK);
+        int got = d.msg->props.priority;
+        cr_assert_leq(got, level, "priority %d after %d", got, level);
+        if (got < level)
+            prev = 0;
+        cr_assert_gt(d.tag, prev, "FIFO within priority %d", got);
+        level = got;
+        prev = d.tag;
+        /* Every 7th goes back; it must come straight out again, as the head of its level. */
+        if (i % 7 == 0) {
+            cr_assert_eq(ops->requeue(q, d.tag), WR_OK);
+            struct wr_stored again;
+            cr_assert_eq(ops->next(q, &again), WR_OK);
+            cr_assert_eq(again.tag, d.tag);
+            cr_assert(again.redelivered);
+        }
+        cr_assert_eq(ops->ack(q, d.tag), WR_OK);
+    }
+    assert_empty(q);
+    cr_assert_eq(ops->unacked(q), 0);
     ops->close(q);
 }
