@@ -19,6 +19,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  # rabbitmq-server's package scripts try to start it; policy-rc.d-less containers just warn.
+  # Debian starts rabbitmq-server on 5672 as it installs it. The tests start their own on free
+  # ports, and a stray one would hold warren's default port: keep services from starting
+  # during this install (policy-rc.d exit 101), unless the machine already has a policy.
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $sudo_cmd tee "$policy" >/dev/null
+    $sudo_cmd chmod +x "$policy"
+    trap '$sudo_cmd rm -f "$policy"' EXIT
+  fi
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

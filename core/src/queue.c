@@ -288,6 +288,12 @@ int wr_queue_declare(struct wr_vhost *vh, const struct wr_queue_decl *decl,
     if (q->expires_ms >= 0)
         q->expires_timer = wr_loop_timer_add(vh->broker->lp, (uint64_t)q->expires_ms,
                                              queue_expires_fire, q);
+    /* AMQP clients declare durable queues by habit; say when nothing will survive. */
+    if (q->durable && strcmp(storage, "memory") == 0)
+        wr_log(WR_LOG_WARN, "queue",
+               "queue '%s' in vhost '%s' is durable, but its storage '%s' keeps nothing "
+               "across a restart",
+               q->name, vh->name, storage);
     if (out)
         *out = q;
     return WR_OK;
