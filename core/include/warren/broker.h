@@ -278,8 +278,9 @@ struct wr_consume_args {
                          * of a higher priority can take one; equals share round-robin */
 };
 
-/* Starts pushing q's messages to a consumer, round-robin with the others of its priority. Errors: WR_EBUSY
- * the queue has an exclusive consumer, or exclusive was asked and it has consumers. */
+/* Starts pushing q's messages to a consumer, round-robin with the others of its priority.
+ * Errors: WR_EBUSY the queue has an exclusive consumer, or exclusive was asked and it has
+ * consumers. */
 WR_API int wr_queue_consume(struct wr_queue *q, const struct wr_consumer_ops *ops,
                             const struct wr_consume_args *args, void *data,
                             struct wr_consumer **out, struct wr_error *err);
