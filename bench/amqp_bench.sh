@@ -74,33 +74,34 @@ plugin_dir = os.path.abspath(os.path.join(build, "plugins"))
 time_limit = 10 if quick else 30
 scale = 10 if quick else 1
 
-# (name, what it measures, amqp_load arguments, metrics, for warren too)
+# (name, what it measures, amqp_load arguments, metrics)
 # The e2e cases count from the first publish to the last delivery; publish counts until the
 # broker holds every message (queue depth); consume drains a queue filled beforehand.
 CASES = [
     ("e2e-100B", "end to end, transient, 100 B",
      ["--mode", "e2e", "--size", "100", "--count", str(1000000 // scale)],
-     ["consume_rate"], True),
+     ["consume_rate"]),
     ("e2e-1KiB", "end to end, transient, 1 KiB",
      ["--mode", "e2e", "--size", "1024", "--count", str(1000000 // scale)],
-     ["consume_rate"], True),
+     ["consume_rate"]),
     ("publish-100B", "publish only into one queue, 100 B",
      ["--mode", "publish", "--size", "100", "--count", str(100000 // scale)],
-     ["publish_rate"], True),
+     ["publish_rate"]),
     ("consume-100B", "consume only from a full queue, 100 B",
      ["--mode", "consume", "--prefill", "--size", "100", "--count", str(100000 // scale)],
-     ["consume_rate"], True),
+     ["consume_rate"]),
     ("confirms-100B", "end to end, publisher confirms, transient, 100 B",
      ["--mode", "e2e", "--confirm", "--size", "100", "--count", str(500000 // scale)],
-     ["consume_rate"], True),
-    # warren has only the memory storage so far: a durable queue is not durable there yet.
+     ["consume_rate"]),
+    # A durable queue is RabbitMQ's classic queue and warren's `queue` storage (flush: always):
+    # both confirm a persistent message once it is synced to disk.
     ("persistent-confirms-100B", "end to end, confirms, persistent, durable queue, 100 B",
      ["--mode", "e2e", "--confirm", "--persistent", "--size", "100",
       "--count", str(200000 // scale)],
-     ["consume_rate"], False),
+     ["consume_rate"]),
     ("latency-20k", "end to end latency paced at 20k msgs/s, 100 B",
      ["--mode", "e2e", "--rate", "20000", "--size", "100", "--count", str(100000 // scale)],
-     ["latency_p50", "latency_p99", "latency_p999"], True),
+     ["latency_p50", "latency_p99", "latency_p999"]),
 ]
 NOISE = 0.1  # cores used by other processes during a run past which it is marked disturbed
 UNITS = {"consume_rate": "msgs/s", "publish_rate": "msgs/s", "latency_p50": "µs",
@@ -235,9 +236,7 @@ def run_load(port, broker_pid, case_args):
 def run_cases(broker, port, broker_pid, results, raw):
     """Runs each case `runs` times. A run that other processes disturbed (they used more than
     NOISE cores meanwhile) is repeated, `retries` times at most; the least disturbed is kept."""
-    for name, _, case_args, metrics, for_warren in CASES:
-        if broker == "warren" and not for_warren:
-            continue
+    for name, _, case_args, metrics in CASES:
         for i in range(runs):
             tag = "%s %s run %d/%d" % (broker, name, i + 1, runs)
             res, err = None, ""
@@ -295,12 +294,10 @@ def print_tables(results, raw):
     print("| case | metric | RabbitMQ median (min – max) | warren median (min – max) "
           "| warren / RabbitMQ |")
     print("| --- | --- | ---: | ---: | ---: |")
-    for name, _, _, metrics, for_warren in CASES:
+    for name, _, _, metrics in CASES:
         for m in metrics:
             rmed, rtxt = summary(results, m, "rabbitmq", name)
             wmed, wtxt = summary(results, m, "warren", name)
-            if not for_warren:
-                wtxt = "pending (no durable storage yet)"
             ratio = "%.2f" % (wmed / rmed) if rmed and wmed else "-"
             if ratio != "-" and m.startswith("latency"):
                 ratio += " (lower is better)"
@@ -312,14 +309,14 @@ def print_tables(results, raw):
     print()
     print("| case | RabbitMQ | its amqp_load | warren | its amqp_load | other, at most |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, _, _, _, _ in CASES:
+    for name, _, _, _ in CASES:
         cells = [summary(results, m, b, name, two)[0]
                  for b in ("rabbitmq", "warren") for m in ("cpu_broker", "cpu_load")]
         other = max((r["cpu_other"] for r in raw if r["case"] == name), default=None)
         print("| %s | %s |" % (name, " | ".join("-" if v is None else two(v)
                                                  for v in cells + [other])))
     print()
-    for name, what, case_args, _, _ in CASES:
+    for name, what, case_args, _ in CASES:
         print("- %s: %s: `amqp_load %s --time %d`"
               % (name, what, " ".join(case_args), time_limit))
     print("- %d run(s) per case and broker; the consume case's CPU includes its untimed "

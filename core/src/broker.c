@@ -30,16 +30,52 @@ static void vhost_free(struct wr_vhost *vh)
     map_fini(&vh->exchanges);
     map_fini(&vh->queues);
     free(vh->bindex);
+    for (int i = 0; i < WR_ROLE_COUNT; i++)
+        free(vh->storage[i]);
     free(vh->name);
     free(vh);
+}
+
+int wr_vhost_set_storage(struct wr_vhost *vh, enum wr_storage_role role, const char *storage,
+                         struct wr_error *err)
+{
+    struct wr_plugin_ctx *ctx = wr_broker_plugin(vh->broker, storage, WR_PLUGIN_STORAGE);
+    if (!ctx)
+        return wr_error_set(err, WR_ENOTFOUND, "no storage plugin '%s' is loaded", storage);
+    const struct wr_storage_ops *ops = ctx->plugin->ops;
+    enum wr_storage_model want = role == WR_ROLE_STREAM ? WR_STORAGE_LOG : WR_STORAGE_QUEUE;
+    if (ops->model != want)
+        return wr_error_set(err, WR_EINVAL, "storage '%s' is not of the %s model that %s "
+                            "queues need", storage, want == WR_STORAGE_LOG ? "log" : "queue",
+                            role == WR_ROLE_STREAM ? "stream" : "durable and transient");
+    char *copy = strdup(storage);
+    if (!copy)
+        return wr_error_set(err, WR_ENOMEM, "out of memory");
+    free(vh->storage[role]);
+    vh->storage[role] = copy;
+    return WR_OK;
+}
+
+const char *wr_vhost_storage(const struct wr_vhost *vh, enum wr_storage_role role)
+{
+    if (vh->storage[role])
+        return vh->storage[role];
+    const char *name = role == WR_ROLE_STREAM ? "log" : role == WR_ROLE_DURABLE ? "queue"
+                                                                                 : "memory";
+    if (wr_broker_plugin(vh->broker, name, WR_PLUGIN_STORAGE))
+        return name;
+    return role == WR_ROLE_STREAM ? NULL : "memory";
 }
 
 void wr_broker_free(struct wr_broker *b)
 {
     if (!b)
         return;
+    /* First: what connections and teardown delete now (auto-delete queues whose consumers
+     * go) is not deleted for good, as in RabbitMQ. */
+    definitions_close(b);
+    b->freeing = true; /* before the connections go: what they delete keeps its files */
     wr_broker_stop_listeners(b);
-    b->freeing = true;
     queue_dispatch_cancel(b);
     dead_letter_cancel(b);
     alarm_fini(b);

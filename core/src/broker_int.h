@@ -58,6 +58,8 @@ struct wr_broker {
     uint64_t mem_timer;
     struct wr_alarm_watch *watches;
     bool alarm_deferred;
+    /* definitions.c */
+    struct definitions *defs;    /* the durable topology store; NULL: not open */
 };
 
 struct wr_vhost {
@@ -68,6 +70,7 @@ struct wr_vhost {
     struct wr_exchange *default_ex;
     struct binding **bindex;     /* every binding, chained by hash of (src, dest, key) */
     size_t bindex_cap, bindex_count;
+    char *storage[WR_ROLE_COUNT]; /* wr_vhost_set_storage; NULL: the default */
 };
 
 /* A binding, as the core owns it; the plugin sees the embedded struct wr_binding. */
@@ -112,6 +115,7 @@ struct wr_consumer {
     bool cancelled;              /* cancelled inside its own deliver: freed after it */
     int32_t priority;            /* x-priority */
     struct tagset unacked;
+    uint64_t offset;             /* log queues: the next offset this consumer reads */
 };
 
 struct wr_queue {
@@ -122,6 +126,7 @@ struct wr_queue {
     struct wr_plugin_ctx *ctx;   /* storage plugin */
     const struct wr_storage_ops *ops;
     void *state;
+    bool log;                    /* ops->model is WR_STORAGE_LOG */
     char *storage;
     bool durable, exclusive, auto_delete;
     const void *owner;
@@ -147,6 +152,9 @@ struct wr_queue {
     bool dispatch_pending;
     struct wr_queue *dispatch_next;
     uint64_t mark;
+    /* definitions.c */
+    struct wr_table *options;    /* the storage options it was declared with */
+    char *dir;                   /* its storage's directory (wr_storage_args.dir) */
 };
 
 /* plugin.c */
@@ -191,6 +199,21 @@ void dead_letter_cancel(struct wr_broker *b);
 /* q took a write its storage may not have made durable yet. */
 void sync_mark_dirty(struct wr_queue *q);
 void sync_cancel_all(struct wr_broker *b);
+
+/* definitions.c: the durable topology in <data_dir>/definitions.log (docs/storage.md).
+ * definitions_open replays the file into the broker (after the config's topology), rewrites
+ * it compacted and starts recording; until then, and after definitions_close, every hook is
+ * a no-op. Each hook records what is durable, before the change is visible to clients: a
+ * declare hook runs once the object exists (the caller undoes it on failure), a delete or
+ * unbind hook before anything is removed. Failure: WR_EIO with a message, also logged. */
+int definitions_open(struct wr_broker *b, struct wr_error *err);
+void definitions_close(struct wr_broker *b);
+int definitions_exchange_declared(struct wr_exchange *ex, struct wr_error *err);
+int definitions_exchange_deleted(struct wr_exchange *ex, struct wr_error *err);
+int definitions_queue_declared(struct wr_queue *q, struct wr_error *err);
+int definitions_queue_deleted(struct wr_queue *q, struct wr_error *err);
+int definitions_bound(const struct binding *bd, struct wr_error *err);
+int definitions_unbound(const struct binding *bd, struct wr_error *err);
 
 /* alarm.c */
 /* After a publish: raises the memory alarm if live message bytes crossed the watermark. */

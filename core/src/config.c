@@ -804,7 +804,10 @@ static const char *const broker_keys[] = {"data_dir", "plugin_dirs", "log_level"
                                           "max_message_size", "memory_high_watermark", NULL};
 static const char *const plugin_keys[] = {"name", "path", NULL};
 static const char *const listener_keys[] = {"transport", "host", "port", "options", NULL};
-static const char *const vhost_keys[] = {"name", "exchanges", "queues", "bindings", NULL};
+static const char *const vhost_keys[] = {"name", "exchanges", "queues", "bindings",
+                                         "amqp_storage", NULL};
+/* In wr_storage_role order. */
+static const char *const amqp_storage_keys[] = {"durable", "transient", "stream", NULL};
 static const char *const exchange_keys[] = {"name", "type", "durable", "auto_delete",
                                             "internal", "options", NULL};
 static const char *const queue_keys[] = {"name", "storage", "durable", "exclusive",
@@ -1131,6 +1134,14 @@ static int load_vhosts(struct wr_config *cfg, struct wr_error *err)
         for (size_t j = 0; j < i; j++)
             if (!strcmp(cfg->vhosts[j].name, vh->name))
                 return duplicate(cfg, n, "vhost", vh->name, cfg->vhosts[j].node, err);
+        const struct cfg_node *st = field(m, "amqp_storage");
+        if (st && ((rc = want_map(cfg, st, err)) ||
+                   (rc = check_keys(cfg, st, amqp_storage_keys, err))))
+            return rc;
+        for (size_t k = 0; st && k < 3; k++)
+            if ((vh->amqp_storage_node[k] = field(st, amqp_storage_keys[k])) &&
+                (rc = read_name(cfg, vh->amqp_storage_node[k], &vh->amqp_storage[k], err)))
+                return rc;
         if ((rc = load_exchanges(cfg, field(m, "exchanges"), vh, err)) ||
             (rc = load_queues(cfg, field(m, "queues"), vh, err)))
             return rc;
@@ -1326,6 +1337,8 @@ void wr_config_free(struct wr_config *cfg)
             free(vh->bindings[j].key);
         }
         free(vh->bindings);
+        for (size_t k = 0; k < 3; k++)
+            free(vh->amqp_storage[k]);
         free(vh->name);
     }
     free(cfg->vhosts);

@@ -100,6 +100,8 @@ struct cfg_vhost {
     size_t n_queues;
     struct cfg_binding *bindings;
     size_t n_bindings;
+    char *amqp_storage[3];       /* durable, transient, stream (wr_storage_role); NULL: default */
+    const struct cfg_node *amqp_storage_node[3];
     const struct cfg_node *node;
 };
 

@@ -201,6 +201,8 @@ int exchange_create(struct wr_vhost *vh, const struct wr_exchange_decl *decl, bo
     return WR_OK;
 }
 
+static void exchange_destroy(struct wr_exchange *ex);
+
 int wr_exchange_declare(struct wr_vhost *vh, const struct wr_exchange_decl *decl,
                         struct wr_exchange **out, struct wr_error *err)
 {
@@ -225,7 +227,9 @@ int wr_exchange_declare(struct wr_vhost *vh, const struct wr_exchange_decl *decl
                             decl->name);
     struct wr_exchange *created;
     int rc = exchange_create(vh, decl, false, &created, err);
-    if (rc == WR_OK && out)
+    if (rc == WR_OK && (rc = definitions_exchange_declared(created, err)) != WR_OK)
+        exchange_destroy(created); /* not on disk: not declared either */
+    else if (rc == WR_OK && out)
         *out = created;
     return rc;
 }
@@ -237,6 +241,7 @@ struct wr_exchange *wr_exchange_find(const struct wr_vhost *vh, const char *name
 
 static void exchange_destroy(struct wr_exchange *ex)
 {
+    definitions_exchange_deleted(ex, NULL); /* auto-delete: logged if it fails */
     ex->deleting = true;
     while (ex->in)
         binding_remove(ex->in);
@@ -257,8 +262,10 @@ int wr_exchange_delete(struct wr_exchange *ex, bool if_unused, struct wr_error *
     if (if_unused && ex->n_out)
         return wr_error_set(err, WR_EBUSY, "exchange '%s' in vhost '%s' in use", ex->name,
                             ex->vh->name);
-    exchange_destroy(ex);
-    return WR_OK;
+    int rc = definitions_exchange_deleted(ex, err);
+    if (rc == WR_OK)
+        exchange_destroy(ex);
+    return rc;
 }
 
 void exchange_free_all(struct wr_vhost *vh)
@@ -391,6 +398,9 @@ static int binding_add(struct wr_exchange *src, struct wr_queue *q, struct wr_ex
         rc = wr_error_set(err, WR_ENOMEM, "out of memory adding a binding");
     } else if ((rc = src->ops->bind(src->state, &bd->pub, err)) != WR_OK) {
         bindex_del(src->vh, bd);
+    } else if (!allow_default && (rc = definitions_bound(bd, err)) != WR_OK) {
+        src->ops->unbind(src->state, &bd->pub);
+        bindex_del(src->vh, bd);
     }
     if (rc != WR_OK) {
         wr_table_free(bd->args);
@@ -477,9 +487,10 @@ static int unbind(struct wr_exchange *src, struct wr_queue *q, struct wr_exchang
         key = "";
     struct binding *bd =
         binding_find(src, q, dst, key, args, binding_hash(src, q ? (void *)q : (void *)dst, key));
-    if (bd)
+    int rc = bd ? definitions_unbound(bd, err) : WR_OK;
+    if (bd && rc == WR_OK)
         binding_remove(bd);
-    return WR_OK;
+    return rc;
 }
 
 int wr_unbind_queue(struct wr_exchange *ex, struct wr_queue *q, const char *key,

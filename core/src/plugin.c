@@ -67,8 +67,17 @@ static const char *missing_op(const struct wr_plugin *p)
         const struct wr_storage_ops *s = ops;
         if (!HAS_OP(ops, struct wr_storage_ops, open)) return "open";
         if (!HAS_OP(ops, struct wr_storage_ops, close)) return "close";
+        if (s->model == WR_STORAGE_LOG) {
+            if (!HAS_OP(ops, struct wr_storage_ops, append_batch)) return "append_batch";
+            if (!HAS_OP(ops, struct wr_storage_ops, append_msgs)) return "append_msgs";
+            if (!HAS_OP(ops, struct wr_storage_ops, read)) return "read";
+            if (!HAS_OP(ops, struct wr_storage_ops, read_msgs)) return "read_msgs";
+            if (!HAS_OP(ops, struct wr_storage_ops, offsets)) return "offsets";
+            if (!HAS_OP(ops, struct wr_storage_ops, offset_for_time)) return "offset_for_time";
+            return NULL;
+        }
         if (s->model != WR_STORAGE_QUEUE)
-            return "a queue model (model = WR_STORAGE_QUEUE; the log model is not served yet)";
+            return "a model (WR_STORAGE_QUEUE or WR_STORAGE_LOG)";
         if (!HAS_OP(ops, struct wr_storage_ops, enqueue)) return "enqueue";
         if (!HAS_OP(ops, struct wr_storage_ops, next)) return "next";
         if (!HAS_OP(ops, struct wr_storage_ops, ack)) return "ack";

@@ -8,6 +8,8 @@
  * and a deferred task serves every listed queue before the loop next sleeps, so a burst of
  * publishes becomes one pass and one write per connection.
  */
+#include <errno.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,11 +178,32 @@ static int queue_equivalent(const struct wr_queue *q, const struct wr_queue_decl
     return WR_OK;
 }
 
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    if (remove(path) != 0 && errno != ENOENT)
+        wr_log(WR_LOG_WARN, "queue", "cannot remove %s of a deleted queue: %s", path,
+               strerror(errno));
+    return 0;
+}
+
+/* Removes dir and everything below it; a directory that does not exist is fine. */
+static void remove_tree(const char *dir)
+{
+    if (nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0 && errno != ENOENT)
+        wr_log(WR_LOG_WARN, "queue", "cannot remove %s of a deleted queue: %s", dir,
+               strerror(errno));
+}
+
 static void queue_release(struct wr_queue *q)
 {
+    free(q->dir);
     free(q->dlx);
     free(q->dlrk);
     wr_table_free(q->args);
+    wr_table_free(q->options);
     free(q->consumers);
     free(q->storage);
     free(q->name);
@@ -224,7 +247,7 @@ int wr_queue_declare(struct wr_vhost *vh, const struct wr_queue_decl *decl,
                             name, storage);
     q = calloc(1, sizeof *q);
     if (!q || !(q->name = strdup(name)) || !(q->storage = strdup(storage)) ||
-        !(q->args = wr_table_dup(decl->args)) ||
+        !(q->args = wr_table_dup(decl->args)) || !(q->options = wr_table_dup(decl->options)) ||
         (decl->dead_letter_exchange && !(q->dlx = strdup(decl->dead_letter_exchange))) ||
         (decl->dead_letter_routing_key && !(q->dlrk = strdup(decl->dead_letter_routing_key)))) {
         if (q)
@@ -235,6 +258,7 @@ int wr_queue_declare(struct wr_vhost *vh, const struct wr_queue_decl *decl,
     q->refs = 1;
     q->ctx = ctx;
     q->ops = ctx->plugin->ops;
+    q->log = q->ops->model == WR_STORAGE_LOG;
     q->durable = decl->durable;
     q->exclusive = decl->exclusive;
     q->auto_delete = decl->auto_delete;
@@ -252,6 +276,10 @@ int wr_queue_declare(struct wr_vhost *vh, const struct wr_queue_decl *decl,
     path_escape(vdir, sizeof vdir, vh->name);
     path_escape(qdir, sizeof qdir, q->name);
     snprintf(dir, sizeof dir, "%s/%s/%s", vh->broker->data_dir, vdir, qdir);
+    if (!(q->dir = strdup(dir))) {
+        queue_release(q);
+        return wr_error_set(err, WR_ENOMEM, "out of memory declaring queue '%s'", name);
+    }
     static const struct wr_table no_options = {0, NULL};
     struct wr_storage_args args = {
         .vhost = vh->name,
@@ -283,6 +311,10 @@ int wr_queue_declare(struct wr_vhost *vh, const struct wr_queue_decl *decl,
         map_del(&vh->queues, q->name);
         q->ops->close(q->state);
         queue_release(q);
+        return rc;
+    }
+    if ((rc = definitions_queue_declared(q, err)) != WR_OK) {
+        queue_destroy(q); /* not on disk: not declared either */
         return rc;
     }
     if (q->expires_ms >= 0)
@@ -326,6 +358,7 @@ static void consumer_free(struct wr_consumer *c)
  * struct stays while references remain. */
 static void queue_destroy(struct wr_queue *q)
 {
+    definitions_queue_deleted(q, NULL); /* auto-delete, x-expires: logged if it fails */
     q->deleted = true;
     struct wr_loop *lp = q->vh->broker->lp;
     if (q->ttl_timer)
@@ -347,6 +380,10 @@ static void queue_destroy(struct wr_queue *q)
     map_del(&q->vh->queues, q->name);
     q->ops->close(q->state);
     q->state = NULL;
+    /* A deleted queue's files go with it, or a queue declared later by the same name would
+     * find its messages. Not at shutdown: then the files are what the next start recovers. */
+    if (!q->vh->broker->freeing)
+        remove_tree(q->dir);
     wr_queue_unref(q);
 }
 
@@ -358,10 +395,13 @@ int wr_queue_delete(struct wr_queue *q, bool if_unused, bool if_empty, uint64_t 
     if (if_unused && q->n_consumers)
         return wr_error_set(err, WR_EBUSY, "queue '%s' in vhost '%s' in use", q->name,
                             q->vh->name);
-    uint64_t depth = q->ops->depth(q->state);
+    uint64_t depth = wr_queue_depth(q);
     if (if_empty && depth)
         return wr_error_set(err, WR_EBUSY, "queue '%s' in vhost '%s' is not empty", q->name,
                             q->vh->name);
+    int rc = definitions_queue_deleted(q, err);
+    if (rc != WR_OK)
+        return rc;
     if (count)
         *count = depth;
     queue_destroy(q);
@@ -402,17 +442,28 @@ void wr_vhost_delete_owned(struct wr_vhost *vh, const void *owner)
 
 uint64_t wr_queue_purge(struct wr_queue *q)
 {
-    return q->deleted ? 0 : q->ops->purge(q->state);
+    return q->deleted || q->log ? 0 : q->ops->purge(q->state);
 }
 
+/* A log's depth is the records it keeps, over every partition. */
 uint64_t wr_queue_depth(const struct wr_queue *q)
 {
-    return q->deleted ? 0 : q->ops->depth(q->state);
+    if (q->deleted)
+        return 0;
+    if (!q->log)
+        return q->ops->depth(q->state);
+    uint64_t total = 0;
+    for (uint32_t p = 0; p < q->partitions; p++) {
+        uint64_t first = 0, latest = 0;
+        q->ops->offsets(q->state, p, &first, &latest);
+        total += latest - first;
+    }
+    return total;
 }
 
 uint64_t wr_queue_unacked(const struct wr_queue *q)
 {
-    return q->deleted ? 0 : q->ops->unacked(q->state);
+    return q->deleted || q->log ? 0 : q->ops->unacked(q->state);
 }
 
 uint32_t wr_queue_consumer_count(const struct wr_queue *q) { return q->n_consumers; }
@@ -422,6 +473,7 @@ bool wr_queue_is_exclusive(const struct wr_queue *q) { return q->exclusive; }
 const char *wr_queue_name(const struct wr_queue *q) { return q->name; }
 const void *wr_queue_owner(const struct wr_queue *q) { return q->owner; }
 bool wr_queue_is_durable(const struct wr_queue *q) { return q->durable; }
+bool wr_queue_is_log(const struct wr_queue *q) { return q->log; }
 bool wr_queue_is_deleted(const struct wr_queue *q) { return q->deleted; }
 
 /* ---- expiry: message TTL and queue x-expires --------------------------------------- */
@@ -467,7 +519,7 @@ static void ttl_arm(struct wr_queue *q, int64_t at)
  * message behind one that lives longer waits for it. */
 static void expire_head(struct wr_queue *q, int64_t now)
 {
-    if (!HAS_OP(q->ops, struct wr_storage_ops, peek))
+    if (q->log || !HAS_OP(q->ops, struct wr_storage_ops, peek))
         return;
     const struct wr_msg *m;
     while (!q->deleted && (m = q->ops->peek(q->state)) && msg_expiry(q, m) < now) {
@@ -509,8 +561,37 @@ static void queue_expires_fire(struct wr_loop *lp, void *data)
     queue_destroy(q);
 }
 
+/* The partition a message goes to in a log of several: by its key, else its routing key
+ * (FNV-1a), so one key's records stay in order. */
+static uint32_t log_partition(const struct wr_queue *q, const struct wr_msg *msg)
+{
+    if (q->partitions <= 1)
+        return 0;
+    const struct wr_str *k = msg->key.ptr ? &msg->key : &msg->routing_key;
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < k->len; i++)
+        h = (h ^ (uint8_t)k->ptr[i]) * 16777619u;
+    return h % q->partitions;
+}
+
+/* Appends to a log queue: one batch per message, durable as the storage's flush policy says
+ * once the queue syncs. Consumers waiting at the end read it on the next dispatch. */
+static int log_store(struct wr_queue *q, struct wr_msg *msg, struct wr_error *err)
+{
+    uint64_t offset = 0;
+    int rc = q->ops->append_msgs(q->state, log_partition(q, msg), &msg, 1, &offset, err);
+    if (rc != WR_OK)
+        return rc;
+    sync_mark_dirty(q);
+    if (q->n_consumers)
+        queue_schedule(q);
+    return WR_OK;
+}
+
 int queue_store(struct wr_queue *q, struct wr_msg *msg, struct wr_error *err)
 {
+    if (q->log)
+        return log_store(q, msg, err);
     int rc = q->ops->enqueue(q->state, msg, err);
     if (rc != WR_OK)
         return rc;
@@ -576,10 +657,77 @@ static struct wr_consumer *next_consumer(struct wr_queue *q, uint32_t *at)
     return best;
 }
 
+#define LOG_READ_MAX 128 /* records read from a log per read_msgs */
+
+/* Serves one consumer of a log from its own offset until it can take no more or has read
+ * everything. False when the consumer was cancelled inside its deliver (and is freed). */
+static bool log_serve(struct wr_queue *q, struct wr_consumer *c)
+{
+    while (!q->deleted && !c->cancelled && consumer_can_take(c)) {
+        size_t want = LOG_READ_MAX;
+        if (c->prefetch && c->prefetch - c->unacked.count < want)
+            want = c->prefetch - c->unacked.count;
+        struct wr_log_entry got[LOG_READ_MAX];
+        size_t n = 0;
+        struct wr_error err = {0};
+        int rc = q->ops->read_msgs(q->state, 0, c->offset, got, want, &n, &err);
+        if (rc == WR_ENOTFOUND) {
+            /* Retention deleted what the consumer had not read yet: Kafka and RabbitMQ
+             * move it on to the first record kept. */
+            uint64_t first = 0, latest = 0;
+            q->ops->offsets(q->state, 0, &first, &latest);
+            if (c->offset >= first)
+                break;
+            c->offset = first;
+            continue;
+        }
+        if (rc != WR_OK) {
+            wr_log(WR_LOG_ERROR, "queue", "queue '%s': cannot read offset %llu for a consumer: "
+                   "%s", q->name, (unsigned long long)c->offset, err.msg);
+            break;
+        }
+        if (n == 0)
+            break;
+        size_t k = 0;
+        for (; k < n && !q->deleted && !c->cancelled && consumer_can_take(c); k++) {
+            uint64_t tag = got[k].offset + 1; /* 0 is never a tag */
+            if (!c->no_ack && !tagset_add(&c->unacked, tag)) {
+                wr_log(WR_LOG_ERROR, "queue", "out of memory tracking a delivery on '%s'",
+                       q->name);
+                break;
+            }
+            c->offset = got[k].offset + 1;
+            struct wr_delivery d = {q, got[k].msg, tag, false};
+            q->delivering = c;
+            c->ops->deliver(c, &d, c->data);
+            q->delivering = NULL;
+            wr_msg_unref(got[k].msg);
+        }
+        for (; k < n; k++) /* not delivered now: read again next time */
+            wr_msg_unref(got[k].msg);
+    }
+    if (!c->cancelled)
+        return true;
+    consumer_free(c);
+    return false;
+}
+
+/* Every consumer of a log reads every record. */
+static void log_dispatch(struct wr_queue *q)
+{
+    for (uint32_t i = 0; i < q->n_consumers && !q->deleted;)
+        if (log_serve(q, q->consumers[i]))
+            i++; /* else it left the array, and i is already the next one */
+}
+
 static void queue_dispatch(struct wr_queue *q)
 {
     struct wr_consumer *c;
     uint32_t at = 0;
+    if (q->log) {
+        log_dispatch(q);
+        return;
+    }
     while (!q->deleted && (c = next_consumer(q, &at))) {
         struct wr_stored st;
         /* Judged as of when the dispatch was scheduled: RabbitMQ decides at enqueue, so a
@@ -657,6 +805,34 @@ void queue_schedule(struct wr_queue *q)
 
 /* ---- consumers ---------------------------------------------------------------------- */
 
+/* The offset a new consumer of a log starts at, in partition 0. */
+static uint64_t log_start(struct wr_queue *q, const struct wr_consume_args *args)
+{
+    uint64_t first = 0, latest = 0;
+    q->ops->offsets(q->state, 0, &first, &latest);
+    int64_t ts = 0;
+    uint64_t at = latest;
+    switch (args->stream_start) {
+    case WR_STREAM_NEXT:
+        break;
+    case WR_STREAM_FIRST:
+        at = first;
+        break;
+    case WR_STREAM_LAST:
+        at = latest > first ? latest - 1 : latest;
+        break;
+    case WR_STREAM_OFFSET:
+        at = args->stream_at < 0 ? first : (uint64_t)args->stream_at;
+        at = at < first ? first : at > latest ? latest : at;
+        break;
+    case WR_STREAM_TIMESTAMP:
+        if (q->ops->offset_for_time(q->state, 0, args->stream_at, &at, &ts) != WR_OK)
+            at = latest;
+        break;
+    }
+    return at;
+}
+
 int wr_queue_consume(struct wr_queue *q, const struct wr_consumer_ops *ops,
                      const struct wr_consume_args *args, void *data, struct wr_consumer **out,
                      struct wr_error *err)
@@ -688,6 +864,8 @@ int wr_queue_consume(struct wr_queue *q, const struct wr_consumer_ops *ops,
     c->no_ack = args->no_ack;
     c->exclusive = args->exclusive;
     c->priority = args->priority;
+    if (q->log)
+        c->offset = log_start(q, args);
     if (c->priority)
         q->n_prioritized++;
     q->consumers[q->n_consumers++] = c;
@@ -705,6 +883,12 @@ static int settle(struct wr_queue *q, uint64_t tag, bool ack, bool requeue,
         return wr_error_set(err, WR_ENOTFOUND, "queue '%s' was deleted", q->name);
     int rc;
     struct wr_msg *dead = NULL;
+    if (q->log) {
+        /* A log keeps its records; settling only frees the consumer's credit (nack and
+         * reject too, as RabbitMQ's streams ignore requeue). */
+        queue_schedule(q);
+        return WR_OK;
+    }
     if (ack)
         rc = q->ops->ack(q->state, tag);
     else if (requeue)
@@ -765,7 +949,7 @@ void wr_consumer_cancel(struct wr_consumer *c, bool requeue_unacked)
             q->rr--;
         break;
     }
-    if (requeue_unacked && !q->deleted) {
+    if (requeue_unacked && !q->deleted && !q->log) {
         for (size_t i = 0; i < c->unacked.cap; i++)
             if (c->unacked.slots[i])
                 q->ops->requeue(q->state, c->unacked.slots[i]);
@@ -802,6 +986,10 @@ int wr_queue_get(struct wr_queue *q, bool no_ack, struct wr_delivery *d, struct 
 {
     if (q->deleted)
         return wr_error_set(err, WR_ENOTFOUND, "queue '%s' was deleted", q->name);
+    if (q->log)
+        return wr_error_set(err, WR_EINVAL, "queue '%s' in vhost '%s' is a stream: read it "
+                            "with a consumer (basic.consume with x-stream-offset)",
+                            q->name, q->vh->name);
     q->used_at = wall_ms();
     expire_head(q, q->used_at);
     struct wr_stored st;

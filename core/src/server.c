@@ -82,8 +82,12 @@ static int load_plugins(struct wr_server *srv, const struct wr_config *cfg,
     for (size_t i = 0; rc == WR_OK && i < 4; i++)
         rc = load(srv, cfg, &cfg->root, builtin_exchanges[i], NULL, dirs, WR_PLUGIN_EXCHANGE,
                   err);
-    if (rc == WR_OK)
-        rc = load(srv, cfg, &cfg->root, "memory", NULL, dirs, WR_PLUGIN_STORAGE, err);
+    /* The storages AMQP declares map to by default (docs/storage.md): memory for transient
+     * queues, queue for durable ones, log for streams. */
+    static const char *const builtin_storages[] = {"memory", "queue", "log"};
+    for (size_t i = 0; rc == WR_OK && i < 3; i++)
+        rc = load(srv, cfg, &cfg->root, builtin_storages[i], NULL, dirs, WR_PLUGIN_STORAGE,
+                  err);
     for (size_t v = 0; rc == WR_OK && v < cfg->n_vhosts; v++) {
         const struct cfg_vhost *vh = &cfg->vhosts[v];
         for (size_t i = 0; rc == WR_OK && i < vh->n_exchanges; i++)
@@ -92,6 +96,10 @@ static int load_plugins(struct wr_server *srv, const struct wr_config *cfg,
         for (size_t i = 0; rc == WR_OK && i < vh->n_queues; i++)
             rc = load(srv, cfg, vh->queues[i].node, vh->queues[i].storage, NULL, dirs,
                       WR_PLUGIN_STORAGE, err);
+        for (size_t k = 0; rc == WR_OK && k < 3; k++)
+            if (vh->amqp_storage[k])
+                rc = load(srv, cfg, vh->amqp_storage_node[k], vh->amqp_storage[k], NULL, dirs,
+                          WR_PLUGIN_STORAGE, err);
     }
     for (size_t i = 0; rc == WR_OK && i < cfg->n_listeners; i++)
         rc = load(srv, cfg, cfg->listeners[i].node, cfg->listeners[i].transport, NULL, dirs,
@@ -116,6 +124,10 @@ static int declare_vhost(struct wr_server *srv, const struct wr_config *cfg,
     int rc = wr_vhost_add(srv->b, cv->name, &vh, err);
     if (rc != WR_OK)
         return at(cfg, cv->node, err, rc);
+    for (int k = 0; k < 3; k++)
+        if (cv->amqp_storage[k] &&
+            (rc = wr_vhost_set_storage(vh, (enum wr_storage_role)k, cv->amqp_storage[k], err)))
+            return at(cfg, cv->amqp_storage_node[k], err, rc);
     for (size_t i = 0; i < cv->n_exchanges; i++) {
         const struct cfg_exchange *ce = &cv->exchanges[i];
         struct wr_table *opts;
@@ -232,6 +244,10 @@ int wr_server_new(const struct wr_config *cfg, const struct wr_server_opts *opts
         if (rc != WR_OK)
             rc = at(cfg, u->node, err, rc);
     }
+    /* After the config's topology, which is declared at every start and never recorded;
+     * --check-config (no listeners) leaves the store alone. */
+    if (rc == WR_OK && !opts->no_listeners)
+        rc = definitions_open(srv->b, err);
     if (rc == WR_OK && !opts->no_listeners)
         rc = start_listeners(srv, cfg, err);
     if (rc != WR_OK) {

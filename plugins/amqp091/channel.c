@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/random.h>
 
 /* RabbitMQ's limit for x-message-ttl, x-expires and the expiration property: ten years in
@@ -1141,14 +1142,28 @@ static bool expiry_ok(int64_t ms, char *why, size_t n)
     return false;
 }
 
+/* RabbitMQ's intervals for streams, "<n>Y|M|D|h|m|s" (a month is 30 days, a year 365):
+ * false if s is not one. */
+static bool interval_ms(struct wr_str s, int64_t *ms)
+{
+    static const char units[] = "YMDhms";
+    static const int64_t unit_ms[] = {31536000000LL, 2592000000LL, 86400000, 3600000, 60000,
+                                      1000};
+    size_t i = 0;
+    int64_t n = 0;
+    while (i < s.len && s.ptr[i] >= '0' && s.ptr[i] <= '9' && n < UINT32_MAX)
+        n = n * 10 + (s.ptr[i++] - '0');
+    const char *u = i > 0 && s.len - i == 1 && s.ptr[i] ? strchr(units, s.ptr[i]) : NULL;
+    if (!u)
+        return false;
+    *ms = n * unit_ms[u - units];
+    return true;
+}
+
 static bool max_age_ok(const struct wr_value *v)
 {
-    size_t i = 0, len = v->u.s.len;
-    const char *s = v->u.s.ptr;
-    uint64_t value = 0;
-    while (i < len && s[i] >= '0' && s[i] <= '9' && value < UINT32_MAX)
-        value = value * 10 + (uint64_t)(s[i++] - '0');
-    return value > 0 && len - i == 1 && strchr("YMDhms", s[i]);
+    int64_t ms = 0;
+    return interval_ms((struct wr_str){v->u.s.ptr, v->u.s.len}, &ms) && ms > 0;
 }
 
 static bool arg_valid(enum arg_check check, const struct wr_value *v,
@@ -1454,11 +1469,10 @@ static bool replicated_checks(struct amqp_chan *ch, uint32_t method_id, const ch
     return false;
 }
 
-/* The storage of a queue of type qt (type: x-queue-type as given). Durable classic queues
- * and quorum queues go to the durable "queue" storage when it is loaded, transient classic
- * queues to memory, streams to "log", and a storage plugin named in x-queue-type is used as
- * it is. check: a new queue, whose properties its type must allow. False after failing the
- * channel. */
+/* The storage of a queue of type qt (type: x-queue-type as given): the vhost's storage for
+ * its role (durable classic and quorum queues, transient classic queues, streams; by
+ * default queue, memory and log), or a storage plugin named in x-queue-type. check: a new
+ * queue, whose properties its type must allow. False after failing the channel. */
 static bool queue_storage(struct amqp_chan *ch, uint32_t method_id, const char *name,
                           struct wr_queue_decl *decl, enum qtype qt, const char *type,
                           bool check)
@@ -1466,22 +1480,138 @@ static bool queue_storage(struct amqp_chan *ch, uint32_t method_id, const char *
     struct wr_broker *b = broker_of(ch);
     if (check && qt != QT_CLASSIC && !replicated_checks(ch, method_id, name, decl))
         return false;
+    struct wr_vhost *vh = ch->conn->vhost;
     if (qt == QT_STREAM) {
-        if (!wr_broker_plugin(b, "log", WR_PLUGIN_STORAGE)) {
+        if (!(decl->storage = wr_vhost_storage(vh, WR_ROLE_STREAM))) {
             fail(ch, AMQP_PRECONDITION_FAILED, method_id,
                  "invalid arg 'x-queue-type' for queue '%s' in vhost '%s': \"unsupported queue "
                  "type '%s'\" (no log storage is loaded)",
                  name, vhost_of(ch), type);
             return false;
         }
-        decl->storage = "log";
-    } else if (type[0] && strcmp(type, "classic") != 0 && strcmp(type, "quorum") != 0) {
+    } else if (type[0] && strcmp(type, "classic") != 0 && strcmp(type, "quorum") != 0 &&
+               wr_broker_plugin(b, type, WR_PLUGIN_STORAGE)) {
         decl->storage = type;
-    } else if ((qt == QT_QUORUM || decl->durable) &&
-               wr_broker_plugin(b, "queue", WR_PLUGIN_STORAGE)) {
-        decl->storage = "queue";
     } else {
-        decl->storage = "memory";
+        decl->storage = wr_vhost_storage(vh, qt == QT_QUORUM || decl->durable
+                                                 ? WR_ROLE_DURABLE
+                                                 : WR_ROLE_TRANSIENT);
+    }
+    return true;
+}
+
+/* ---- streams (queues on log storage) -------------------------------------------------- */
+
+/* What RabbitMQ's stream queues answer to the verbs of queues that delete on ack. */
+static void stream_refuses(struct amqp_chan *ch, uint32_t method_id, const char *verb,
+                           const char *queue)
+{
+    fail(ch, AMQP_NOT_IMPLEMENTED, method_id,
+         "%s not supported by stream queues queue '%s' in vhost '%s'", verb, queue,
+         vhost_of(ch));
+}
+
+/* The stream queue of an outstanding delivery that a nack or reject of tag (multiple: and
+ * below) would settle, or NULL. */
+static const char *stream_of(struct amqp_chan_priv *pv, uint64_t tag, bool multiple)
+{
+    struct ring *r = &pv->ring;
+    for (size_t i = 0; i < r->len; i++) {
+        struct pending *p = ring_at(r, i);
+        if (p->dtag > tag && !(multiple && tag == 0))
+            break;
+        if (outstanding(p) && (multiple || p->dtag == tag) && wr_queue_is_log(p->q))
+            return wr_queue_name(p->q);
+    }
+    return NULL;
+}
+
+static int64_t wall_clock_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* x-stream-offset as RabbitMQ reads it: "first", "last", "next", an interval back from now
+ * ("90s", "15m", "2h", "7D", "1M", "1Y"), an offset (negative: first) or a timestamp. */
+static bool stream_offset(const struct wr_value *v, struct wr_consume_args *args)
+{
+    if (!v)
+        return true; /* "next" */
+    if (wr_value_is_int(v) && v->type != WR_V_TIMESTAMP) {
+        args->stream_start = WR_STREAM_OFFSET;
+        args->stream_at = v->u.i;
+        return true;
+    }
+    if (v->type == WR_V_TIMESTAMP) {
+        args->stream_start = WR_STREAM_TIMESTAMP;
+        args->stream_at = v->u.i * 1000; /* AMQP timestamps are seconds */
+        return true;
+    }
+    if (v->type != WR_V_STR)
+        return false;
+    struct wr_str s = {v->u.s.ptr, v->u.s.len};
+    if (str_eq(s, "first") || str_eq(s, "last") || str_eq(s, "next")) {
+        args->stream_start = s.ptr[0] == 'f'   ? WR_STREAM_FIRST
+                             : s.ptr[0] == 'l' ? WR_STREAM_LAST
+                                               : WR_STREAM_NEXT;
+        return true;
+    }
+    int64_t back = 0;
+    if (!interval_ms(s, &back))
+        return false;
+    args->stream_start = WR_STREAM_TIMESTAMP;
+    args->stream_at = wall_clock_ms() - back;
+    return true;
+}
+
+/* The log storage's options a stream's declare arguments set: x-max-age is retention by
+ * age, x-stream-max-segment-size-bytes the segment size (x-max-length-bytes, retention by
+ * size, reaches the storage as its max_length_bytes). NULL out of memory. */
+static struct wr_table *stream_options(const struct wr_table *arguments)
+{
+    struct wr_table *t = wr_table_new();
+    const struct wr_value *age = wr_table_get(arguments, "x-max-age");
+    const struct wr_value *seg = wr_table_get(arguments, "x-stream-max-segment-size-bytes");
+    int64_t ms = 0;
+    struct wr_value v;
+    if (t && age && interval_ms((struct wr_str){age->u.s.ptr, age->u.s.len}, &ms) &&
+        wr_table_add(t, "retention_ms", (v = wr_value_i64(ms), &v)) != WR_OK) {
+        wr_table_free(t);
+        return NULL;
+    }
+    if (t && seg && wr_value_is_int(seg) &&
+        wr_table_add(t, "segment_bytes", (v = wr_value_i64(seg->u.i), &v)) != WR_OK) {
+        wr_table_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* A stream's consumer must ack (acks are its credit) and have a per-consumer prefetch, as in
+ * RabbitMQ. False after failing the channel or connection. */
+static bool stream_consume_args(struct amqp_chan *ch, const struct amqp_method *m,
+                                const char *name, const struct wr_table *arguments,
+                                struct wr_consume_args *args)
+{
+    if (args->no_ack) {
+        stream_refuses(ch, m->id, "automatic acknowledgement", name);
+        return false;
+    }
+    if (!args->prefetch) {
+        fail(ch, AMQP_PRECONDITION_FAILED, m->id,
+             "consumer prefetch count is not set for 'queue '%s' in vhost '%s''", name,
+             vhost_of(ch));
+        return false;
+    }
+    if (!stream_offset(wr_table_get(arguments, "x-stream-offset"), args)) {
+        /* RabbitMQ answers 541 with no text; say what is wrong. */
+        fail(ch, AMQP_INTERNAL_ERROR, m->id,
+             "invalid x-stream-offset for queue '%s' in vhost '%s': use first, last, next, an "
+             "offset, a timestamp or an interval such as 1h",
+             name, vhost_of(ch));
+        return false;
     }
     return true;
 }
@@ -1498,7 +1628,8 @@ static void declare_ok(struct amqp_chan *ch, struct wr_queue *q, bool nowait, bo
     struct amqp_method m = {.id = AMQP_QUEUE_DECLARE_OK};
     m.u.queue_declare_ok = (struct amqp_queue_declare_ok){
         .queue = wr_str_c(name),
-        .message_count = created ? 0 : (uint32_t)wr_queue_depth(q),
+        /* RabbitMQ counts no messages in a stream: they are not "ready", only kept. */
+        .message_count = created || wr_queue_is_log(q) ? 0 : (uint32_t)wr_queue_depth(q),
         .consumer_count = created ? 0 : wr_queue_consumer_count(q),
     };
     conn_send(ch->conn, ch->id, &m);
@@ -1616,6 +1747,11 @@ static void queue_declare(struct amqp_chan *ch, const struct amqp_method *m)
     queue_args_fill(a->arguments, qt, &decl, &strs);
     if (!queue_storage(ch, m->id, shown, &decl, qt, strs.type, created))
         return;
+    struct wr_table *log_options = NULL;
+    if (qt == QT_STREAM && !(decl.options = log_options = stream_options(a->arguments))) {
+        fail_oom(ch, m->id);
+        return;
+    }
     struct wr_error err = {0};
     int rc = wr_queue_declare(vh, &decl, &q, &err);
     if (rc == WR_EEXIST && !created) {
@@ -1630,6 +1766,7 @@ static void queue_declare(struct amqp_chan *ch, const struct amqp_method *m)
         q = wr_queue_find(vh, name);
         rc = WR_OK;
     }
+    wr_table_free(log_options);
     if (rc != WR_OK) {
         fail_core(ch, m->id, rc, &err);
         return;
@@ -1691,6 +1828,10 @@ static void queue_purge(struct amqp_chan *ch, const struct amqp_method *m)
     struct wr_queue *q;
     if (!queue_name(ch, m->id, a->queue, name) || !(q = queue_or_die(ch, m->id, name)))
         return;
+    if (wr_queue_is_log(q)) {
+        stream_refuses(ch, m->id, "queue.purge", name);
+        return;
+    }
     uint64_t count = wr_queue_purge(q);
     if (a->nowait)
         return;
@@ -1817,6 +1958,10 @@ static void basic_consume(struct amqp_chan *ch, const struct amqp_method *m)
     struct wr_queue *q = queue_or_die(ch, m->id, name);
     if (!q || !consume_args_check(ch, m->id, name, a->arguments, qtype_of(wr_queue_args(q))))
         return;
+    struct wr_consume_args args = {.prefetch = pv->prefetch, .no_ack = a->no_ack,
+                                   .exclusive = a->exclusive};
+    if (wr_queue_is_log(q) && !stream_consume_args(ch, m, name, a->arguments, &args))
+        return;
     struct consumer *cons = calloc(1, sizeof *cons);
     if (!cons) {
         fail_oom(ch, m->id);
@@ -1832,10 +1977,9 @@ static void basic_consume(struct amqp_chan *ch, const struct amqp_method *m)
     /* x-priority was checked to be an integer; RabbitMQ keeps it as a signed 32-bit one. */
     int64_t priority = 0;
     wr_table_get_int(a->arguments, "x-priority", &priority);
-    struct wr_consume_args args = {pv->prefetch, a->no_ack, a->exclusive,
-                                   (int32_t)(priority > INT32_MAX   ? INT32_MAX
-                                             : priority < INT32_MIN ? INT32_MIN
-                                                                    : priority)};
+    args.priority = (int32_t)(priority > INT32_MAX   ? INT32_MAX
+                              : priority < INT32_MIN ? INT32_MIN
+                                                     : priority);
     struct wr_error err = {0};
     int rc = wr_queue_consume(q, &consumer_ops, &args, cons, &cons->c, &err);
     if (rc != WR_OK) {
@@ -1887,6 +2031,10 @@ static void basic_get(struct amqp_chan *ch, const struct amqp_method *m)
     struct wr_queue *q;
     if (!queue_name(ch, m->id, a->queue, name) || !(q = queue_or_die(ch, m->id, name)))
         return;
+    if (wr_queue_is_log(q)) {
+        stream_refuses(ch, m->id, "basic.get", name);
+        return;
+    }
     struct wr_delivery d;
     struct wr_error err = {0};
     int rc = wr_queue_get(q, a->no_ack, &d, &err);
@@ -1944,7 +2092,10 @@ static void basic_settle(struct amqp_chan *ch, const struct amqp_method *m)
         how = m->u.basic_reject.requeue ? SETTLE_REQUEUE : SETTLE_DROP;
         break;
     }
-    if (!settle_tags(ch, tag, multiple, how))
+    const char *stream = how == SETTLE_ACK ? NULL : stream_of(ch->priv, tag, multiple);
+    if (stream)
+        stream_refuses(ch, m->id, "basic.nack and basic.reject", stream);
+    else if (!settle_tags(ch, tag, multiple, how))
         fail(ch, AMQP_PRECONDITION_FAILED, m->id, "unknown delivery tag %" PRIu64, tag);
 }
 

@@ -1101,3 +1101,24 @@ Test(config, cfg_error_formats_position_and_path)
     cr_assert_str_eq(err.msg, "pos.yaml: no position");
     wr_config_free(cfg);
 }
+
+Test(config, amqp_storage_per_vhost)
+{
+    struct wr_config *cfg = load_ok("s.yaml", "vhosts:\n"
+                                              "  - name: /\n"
+                                              "    amqp_storage: {durable: memory, stream: log}\n"
+                                              "  - name: other\n");
+    cr_assert_str_eq(cfg->vhosts[0].amqp_storage[WR_ROLE_DURABLE], "memory");
+    cr_assert_null(cfg->vhosts[0].amqp_storage[WR_ROLE_TRANSIENT]);
+    cr_assert_str_eq(cfg->vhosts[0].amqp_storage[WR_ROLE_STREAM], "log");
+    for (int k = 0; k < WR_ROLE_COUNT; k++)
+        cr_assert_null(cfg->vhosts[1].amqp_storage[k]);
+    wr_config_free(cfg);
+    expect_error("vhosts: [{name: /, amqp_storage: {lasting: queue}}]\n",
+                 "broken.yaml:1:35: vhosts[0].amqp_storage.lasting: unknown key (expected one "
+                 "of: durable, transient, stream)");
+    expect_error("vhosts: [{name: /, amqp_storage: [queue]}]\n",
+                 "broken.yaml:1:34: vhosts[0].amqp_storage: expected a map, got a list");
+    expect_error("vhosts: [{name: /, amqp_storage: {durable: ''}}]\n",
+                 "broken.yaml:1:44: vhosts[0].amqp_storage.durable: expected a name, got ''");
+}

@@ -113,6 +113,21 @@ WR_API int wr_vhost_add(struct wr_broker *b, const char *name, struct wr_vhost *
 WR_API struct wr_vhost *wr_vhost_find(const struct wr_broker *b, const char *name);
 WR_API const char *wr_vhost_name(const struct wr_vhost *vh);
 
+/* What a queue declared by a client (not in the config) is stored in, by the transport's
+ * reading of the declaration: RabbitMQ users expect durable queues to survive a restart. */
+enum wr_storage_role {
+    WR_ROLE_DURABLE = 0,  /* default: "queue" when loaded, else "memory" */
+    WR_ROLE_TRANSIENT,    /* default: "memory" */
+    WR_ROLE_STREAM,       /* default: "log"; NULL when no log storage is loaded */
+    WR_ROLE_COUNT
+};
+/* Overrides a role's storage in this vhost (the config's amqp_storage). WR_ENOTFOUND: no
+ * storage plugin of that name is loaded; WR_EINVAL: a stream needs a log-model storage and
+ * the others a queue-model one. */
+WR_API int wr_vhost_set_storage(struct wr_vhost *vh, enum wr_storage_role role,
+                                const char *storage, struct wr_error *err);
+WR_API const char *wr_vhost_storage(const struct wr_vhost *vh, enum wr_storage_role role);
+
 /* ---- exchanges --------------------------------------------------------------------- */
 
 struct wr_exchange_decl {
@@ -193,6 +208,9 @@ WR_API const struct wr_table *wr_queue_args(const struct wr_queue *q);
 WR_API const char *wr_queue_name(const struct wr_queue *q);
 WR_API const void *wr_queue_owner(const struct wr_queue *q);
 WR_API bool wr_queue_is_durable(const struct wr_queue *q);
+/* A queue of a log-model storage (a stream): consumers read it by offset, records stay until
+ * retention removes them; get, purge and requeue do not apply. */
+WR_API bool wr_queue_is_log(const struct wr_queue *q);
 WR_API bool wr_queue_is_auto_delete(const struct wr_queue *q);
 WR_API bool wr_queue_is_exclusive(const struct wr_queue *q);
 
@@ -270,12 +288,24 @@ struct wr_consumer_ops {
     void (*cancelled)(struct wr_consumer *c, void *data);
 };
 
+/* Where a consumer of a log queue (a stream) starts reading: RabbitMQ's x-stream-offset. */
+enum wr_stream_start {
+    WR_STREAM_NEXT = 0,  /* what is appended from now on (RabbitMQ's default) */
+    WR_STREAM_FIRST,     /* the first record kept */
+    WR_STREAM_LAST,      /* the last record appended */
+    WR_STREAM_OFFSET,    /* stream_at, an offset (clamped into what is kept) */
+    WR_STREAM_TIMESTAMP, /* the first record at or after stream_at, ms since the epoch */
+};
+
 struct wr_consume_args {
     uint32_t prefetch;  /* most unacked deliveries at once; 0: no limit */
     bool no_ack;        /* deliveries count as acked when sent */
     bool exclusive;     /* the only consumer of the queue */
     int32_t priority;   /* AMQP x-priority: a consumer gets messages only while no consumer
                          * of a higher priority can take one; equals share round-robin */
+    enum wr_stream_start stream_start; /* log queues only: every consumer reads every record
+                                        * of partition 0 from here on, in offset order */
+    int64_t stream_at;
 };
 
 /* Starts pushing q's messages to a consumer, round-robin with the others of its priority.

@@ -127,6 +127,16 @@ static inline const uint8_t *wr_msg_body(const struct wr_msg *msg, size_t *len)
     return wr_slice_ptr(&msg->body);
 }
 
+/* A message's metadata, everything but the body (exchange, routing key, key, timestamp,
+ * properties, headers with their types), as bytes: the one encoding durable storages keep
+ * on disk (docs/storage.md). Appends to out; oom on failure. */
+WR_API void wr_msg_meta_encode(struct wr_bytes *out, const struct wr_msg *msg);
+/* Builds a message from metadata wr_msg_meta_encode wrote and a body slice (a reference is
+ * taken, nothing copied). Trusts nothing: WR_EPROTO for malformed or trailing bytes,
+ * WR_ENOMEM. */
+WR_API int wr_msg_meta_decode(const uint8_t *meta, size_t len, struct wr_slice body,
+                              struct wr_msg **out, struct wr_error *err);
+
 /* Bytes held by live messages in this process, for memory watermarks. */
 WR_API size_t wr_msg_bytes_live(void);
 

@@ -7,6 +7,11 @@
  *
  * Tags: next() gives each delivery a tag unique within the queue's storage; ack and requeue
  * name it. All ops run on the loop thread.
+ *
+ * The log model keeps, per partition, Kafka RecordBatch v2 batches (magic 2) exactly as the
+ * wire carries them, each at an offset: the first record of the log is offset 0, and a batch
+ * holds the offsets base..base+last_offset_delta. Records that arrive as messages (AMQP
+ * publishes) are encoded into batches of their own, so every reader sees one format.
  */
 #ifndef WARREN_STORAGE_H
 #define WARREN_STORAGE_H
@@ -61,6 +66,22 @@ struct wr_stored {
 
 typedef void wr_storage_sync_cb(void *data, int status);
 
+/* Log model: a byte range of a segment file holding whole batches, for sendfile(). fd is a
+ * duplicate the caller owns and closes, so the range stays readable even if retention
+ * deletes the segment meanwhile. */
+struct wr_log_slice {
+    int fd;                     /* -1 when length is 0 */
+    uint64_t file_offset;
+    uint64_t length;            /* 0: no batch at or after the offset asked for */
+    uint64_t base_offset;       /* of the range's first batch */
+};
+
+/* Log model: one record decoded into a message. */
+struct wr_log_entry {
+    uint64_t offset;
+    struct wr_msg *msg;         /* one reference, the caller's */
+};
+
 struct wr_storage_ops {
     uint32_t size; /* sizeof(struct wr_storage_ops) */
     enum wr_storage_model model;
@@ -97,6 +118,42 @@ struct wr_storage_ops {
      * reference instead of dropping it (the core dead-letters rejected messages with it).
      * WR_ENOTFOUND for an unknown tag. Without it, rejected messages are not dead-lettered. */
     int (*take)(void *state, uint64_t tag, struct wr_msg **out);
+
+    /* Log model. partition < args->partitions; another is WR_EINVAL. Appends are durable
+     * as the queue's flush policy says once sync() calls back. */
+    /* Appends one RecordBatch as it came: checks that len is its whole length, magic 2 and
+     * its CRC32C, then writes the assigned base offset into its first 8 bytes (the only
+     * bytes changed; the CRC does not cover them). WR_EPROTO for a corrupt batch, with
+     * nothing written. */
+    int (*append_batch)(void *state, uint32_t partition, uint8_t *batch, size_t len,
+                        uint64_t *base_offset, struct wr_error *err);
+    /* Appends n messages as one batch: value the body, key msg->key, timestamp
+     * msg->timestamp_ms, and one record header "x-warren-meta" holding the rest of the
+     * message (wr_msg_meta_encode), so read_msgs gives back an equal message. */
+    int (*append_msgs)(void *state, uint32_t partition, struct wr_msg *const *msgs, size_t n,
+                       uint64_t *base_offset, struct wr_error *err);
+    /* Whole batches starting with the one that holds offset, from one segment: at most
+     * max_bytes, except that the first batch is given whole however big it is (as Kafka's
+     * fetch). offset == latest: length 0. Below earliest or above latest: WR_ENOTFOUND
+     * (Kafka's OFFSET_OUT_OF_RANGE). */
+    int (*read)(void *state, uint32_t partition, uint64_t offset, size_t max_bytes,
+                struct wr_log_slice *out, struct wr_error *err);
+    /* Records from offset on (records of the first batch below offset are skipped), at most
+     * max, decoded into messages; *n = 0 at the end of the log. A message appended by
+     * append_msgs comes back equal to the one appended; a record from a Kafka producer
+     * comes back with its key, body, timestamp and headers (byte values). Each message gets
+     * the header "x-stream-offset" (a signed 64-bit integer), as RabbitMQ's streams give
+     * their consumers. WR_ENOTFOUND below earliest; WR_EPROTO for a batch it cannot decode
+     * (a compressed one). */
+    int (*read_msgs)(void *state, uint32_t partition, uint64_t offset,
+                     struct wr_log_entry *out, size_t max, size_t *n, struct wr_error *err);
+    /* earliest: the first offset still kept; latest: the offset the next record will get
+     * (Kafka's log end offset). Both equal on an empty log. */
+    void (*offsets)(void *state, uint32_t partition, uint64_t *earliest, uint64_t *latest);
+    /* The first offset whose record's timestamp is >= ts_ms, and that timestamp (Kafka's
+     * ListOffsets by time). WR_ENOTFOUND when every record is older. */
+    int (*offset_for_time)(void *state, uint32_t partition, int64_t ts_ms, uint64_t *offset,
+                           int64_t *timestamp);
 };
 
 WR_END_DECLS

@@ -114,6 +114,26 @@ WR_API bool wr_table_get_str(const struct wr_table *t, const char *name, const c
                              size_t *len);
 
 /* An array owned by the caller; wr_array_add appends a deep copy. */
+/* A growing byte buffer for encoders. Appends that fail for memory set oom and do nothing,
+ * so an encoder checks once at the end. Start from {0}; release with wr_bytes_free. */
+struct wr_bytes {
+    uint8_t *p;
+    size_t len;
+    size_t cap;
+    bool oom;
+};
+
+/* Makes room for n more bytes at the end and returns them (len grows by n), or NULL (and
+ * oom set) when memory runs out. */
+WR_API uint8_t *wr_bytes_grow(struct wr_bytes *b, size_t n);
+WR_API void wr_bytes_free(struct wr_bytes *b);
+
+/* A table as bytes and back, every value type kept (nested tables and arrays included): the
+ * encoding durable files use (docs/storage.md). Decoding trusts nothing: WR_EPROTO for
+ * malformed bytes or nesting deeper than 64, WR_ENOMEM; *used gets the bytes read. */
+WR_API void wr_table_encode(struct wr_bytes *out, const struct wr_table *t);
+WR_API int wr_table_decode(const uint8_t *p, size_t len, size_t *used, struct wr_table **out);
+
 WR_API struct wr_array *wr_array_new(void);
 WR_API void wr_array_free(struct wr_array *a);
 WR_API int wr_array_add(struct wr_array *a, const struct wr_value *v);

@@ -16,6 +16,7 @@
 #include "warren/plugin.h"
 #include "warren/exchange.h"
 #include "warren/storage.h"
+#include "warren/fsync.h"
 #include "warren/transport.h"
 #include "warren/broker.h"
 #include "warren/server.h"

@@ -32,7 +32,8 @@ import harness  # noqa: E402
 import rabbitmq  # noqa: E402
 
 # Each module registers its scenarios with @context.scenario, in this order.
-for module in ("scenarios_basic", "scenarios_features", "scenarios_errors", "scenarios_wire"):
+for module in ("scenarios_basic", "scenarios_features", "scenarios_errors", "scenarios_wire",
+               "scenarios_streams"):
     importlib.import_module(module)
 
 SCENARIO_SECONDS = 20  # one scenario's bound: a reply that never comes fails it, not the run

@@ -1,0 +1,1179 @@
+/*
+ * definitions.c: the durable topology. The durable exchanges, durable non-exclusive queues
+ * and bindings between durable ends that clients declare are appended to
+ * <data_dir>/definitions.log, and fdatasync'd, before the declare returns; at start-up the
+ * file is replayed into the broker and rewritten compacted (docs/storage.md, "Definitions").
+ *
+ * The file is a log of changes. A model of what it stores (each live definition kept as the
+ * bytes of its record, with the names it is found by) stays in memory, so a compaction is a
+ * rewrite of the model and a delete knows whether anything stored names what it deletes.
+ *
+ * The config's topology is declared before the store opens and is never recorded: the config
+ * is declared again at every start. A stored definition that the config contradicts is
+ * dropped with a warning; one that only repeats it is kept. Bindings follow RabbitMQ's rule:
+ * stored when both ends are durable, whoever declared the ends.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "broker_int.h"
+
+#define FILE_NAME "definitions.log"
+#define MAGIC "WRDF"
+#define VERSION 1u
+#define FILE_HEAD 8          /* magic, u32 version */
+#define REC_HEAD 12          /* u32 len, u32 CRC-32 of len's 4 bytes, u32 CRC-32 of payload */
+#define REC_MAX (64u << 20)  /* no definition comes near it; a longer length is damage */
+#define ABSENT UINT32_MAX    /* the length of an absent string */
+#define COMPACT_SLACK (64u << 10)
+
+enum rec_type {
+    REC_EXCHANGE = 1,
+    REC_EXCHANGE_DELETE,
+    REC_QUEUE,
+    REC_QUEUE_DELETE,
+    REC_BIND,
+    REC_UNBIND,
+};
+
+/* A live definition of the model. Exchanges, queues and bindings each have a map; bindings
+ * with equal (vhost, source, destination, key) and other arguments share a map slot through
+ * `same`. */
+struct def {
+    uint8_t type;                /* REC_EXCHANGE, REC_QUEUE or REC_BIND */
+    uint64_t seq;                /* arrival order, which compaction keeps */
+    char *key;                   /* the map's key (map.h borrows it) */
+    char *vhost, *name;          /* a binding's name is its source exchange */
+    bool to_exchange;            /* bindings: the destination is an exchange */
+    char *dest;
+    struct wr_table *args;       /* bindings: told apart by their arguments */
+    struct def *same;
+    uint8_t *payload;            /* the record as written */
+    size_t len;
+};
+
+struct definitions {
+    char *dir, *path;
+    int fd;                      /* -1 until the first write creates the file */
+    uint64_t size;               /* bytes of the file written and synced */
+    uint64_t live;               /* bytes the records of the model take */
+    uint64_t seq;
+    bool failed;                 /* a write failed and could not be undone */
+    bool model_lost;             /* out of memory updating the model: never compact from it */
+    struct map exchanges, queues, binds;
+};
+
+/* A record's fields. Encoding borrows them; a decoded record owns them through own_*. */
+struct rec {
+    uint8_t type;
+    const char *vhost, *name;    /* the exchange or queue; a binding's source */
+    struct wr_exchange_decl ex;  /* REC_EXCHANGE */
+    struct wr_queue_decl q;      /* REC_QUEUE */
+    bool to_exchange;            /* REC_BIND, REC_UNBIND */
+    const char *dest, *key;
+    const struct wr_table *args;
+    char *own_str[8];
+    struct wr_table *own_tab[2];
+    size_t n_str, n_tab;
+};
+
+/* CRC-32 (IEEE 802.3, zlib's crc32), so the file can be checked with common tools. */
+static uint32_t crc32_of(const uint8_t *p, size_t n)
+{
+    static uint32_t table[256];
+    if (!table[1]) {
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++)
+                c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            table[i] = c;
+        }
+    }
+    uint32_t c = 0xFFFFFFFFu;
+    while (n--)
+        c = table[(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void set32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static bool args_equal(const struct wr_table *a, const struct wr_table *b)
+{
+    static const struct wr_table none = {0, NULL};
+    struct wr_value va = {.type = WR_V_TABLE}, vb = {.type = WR_V_TABLE};
+    va.u.table = a ? a : &none;
+    vb.u.table = b ? b : &none;
+    return wr_value_equal(&va, &vb);
+}
+
+/* ---- records ------------------------------------------------------------------------ */
+
+static void put_u8(struct wr_bytes *o, uint8_t v)
+{
+    uint8_t *p = wr_bytes_grow(o, 1);
+    if (p)
+        *p = v;
+}
+
+static void put_u32(struct wr_bytes *o, uint32_t v)
+{
+    uint8_t *p = wr_bytes_grow(o, 4);
+    if (p)
+        set32(p, v);
+}
+
+static void put_i64(struct wr_bytes *o, int64_t v)
+{
+    put_u32(o, (uint32_t)((uint64_t)v & 0xFFFFFFFFu));
+    put_u32(o, (uint32_t)((uint64_t)v >> 32));
+}
+
+static void put_str(struct wr_bytes *o, const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    put_u32(o, s ? (uint32_t)n : ABSENT);
+    uint8_t *p = n ? wr_bytes_grow(o, n) : NULL;
+    if (p)
+        memcpy(p, s, n);
+}
+
+static void rec_encode(struct wr_bytes *o, const struct rec *r)
+{
+    put_u8(o, r->type);
+    put_str(o, r->vhost);
+    put_str(o, r->name);
+    switch (r->type) {
+    case REC_EXCHANGE:
+        put_str(o, r->ex.type);
+        put_u8(o, (uint8_t)(r->ex.auto_delete | r->ex.internal << 1));
+        wr_table_encode(o, r->ex.args);
+        break;
+    case REC_QUEUE:
+        put_str(o, r->q.storage);
+        put_u8(o, r->q.auto_delete);
+        put_i64(o, r->q.max_length);
+        put_i64(o, r->q.max_length_bytes);
+        put_u8(o, (uint8_t)r->q.overflow);
+        put_u32(o, r->q.partitions);
+        put_i64(o, r->q.message_ttl_ms);
+        put_i64(o, r->q.expires_ms);
+        put_str(o, r->q.dead_letter_exchange);
+        put_str(o, r->q.dead_letter_routing_key);
+        put_u8(o, r->q.max_priority);
+        wr_table_encode(o, r->q.args);
+        wr_table_encode(o, r->q.options);
+        break;
+    case REC_BIND:
+    case REC_UNBIND:
+        put_u8(o, r->to_exchange);
+        put_str(o, r->dest);
+        put_str(o, r->key);
+        wr_table_encode(o, r->args);
+        break;
+    default: /* the deletes: vhost and name only */
+        break;
+    }
+}
+
+struct cursor {
+    const uint8_t *p, *end;
+    int status;                  /* WR_OK, or the first failure: WR_EPROTO, WR_ENOMEM */
+};
+
+static const uint8_t *take(struct cursor *c, size_t n)
+{
+    if (c->status != WR_OK || (size_t)(c->end - c->p) < n) {
+        if (c->status == WR_OK)
+            c->status = WR_EPROTO;
+        return NULL;
+    }
+    const uint8_t *at = c->p;
+    c->p += n;
+    return at;
+}
+
+static uint8_t get_u8(struct cursor *c)
+{
+    const uint8_t *p = take(c, 1);
+    return p ? *p : 0;
+}
+
+static uint32_t get_u32(struct cursor *c)
+{
+    const uint8_t *p = take(c, 4);
+    return p ? get32(p) : 0;
+}
+
+static int64_t get_i64(struct cursor *c)
+{
+    uint64_t lo = get_u32(c);
+    uint64_t hi = get_u32(c);
+    return (int64_t)(lo | hi << 32);
+}
+
+/* A string the record owns; NULL when absent (then the caller checks may_be_absent). */
+static const char *get_str(struct cursor *c, struct rec *r, bool may_be_absent)
+{
+    uint32_t n = get_u32(c);
+    if (c->status != WR_OK)
+        return NULL;
+    if (n == ABSENT) {
+        if (!may_be_absent)
+            c->status = WR_EPROTO;
+        return NULL;
+    }
+    const uint8_t *p = take(c, n);
+    if (!p)
+        return NULL;
+    if (memchr(p, 0, n) || r->n_str == sizeof r->own_str / sizeof r->own_str[0]) {
+        c->status = WR_EPROTO; /* a name never holds NUL */
+        return NULL;
+    }
+    char *s = malloc((size_t)n + 1);
+    if (!s) {
+        c->status = WR_ENOMEM;
+        return NULL;
+    }
+    memcpy(s, p, n);
+    s[n] = '\0';
+    r->own_str[r->n_str++] = s;
+    return s;
+}
+
+static const struct wr_table *get_table(struct cursor *c, struct rec *r)
+{
+    if (c->status != WR_OK)
+        return NULL;
+    size_t used = 0;
+    struct wr_table *t = NULL;
+    int rc = wr_table_decode(c->p, (size_t)(c->end - c->p), &used, &t);
+    if (rc != WR_OK || r->n_tab == sizeof r->own_tab / sizeof r->own_tab[0]) {
+        wr_table_free(t);
+        c->status = rc != WR_OK ? rc : WR_EPROTO;
+        return NULL;
+    }
+    c->p += used;
+    r->own_tab[r->n_tab++] = t;
+    return t;
+}
+
+static void rec_free(struct rec *r)
+{
+    for (size_t i = 0; i < r->n_str; i++)
+        free(r->own_str[i]);
+    for (size_t i = 0; i < r->n_tab; i++)
+        wr_table_free(r->own_tab[i]);
+    r->n_str = r->n_tab = 0;
+}
+
+/* Decodes a payload into r (rec_free releases it). WR_EPROTO for anything malformed. */
+static int rec_decode(const uint8_t *p, size_t len, struct rec *r)
+{
+    struct cursor c = {p, p + len, WR_OK};
+    *r = (struct rec){.type = get_u8(&c)};
+    r->vhost = get_str(&c, r, false);
+    r->name = get_str(&c, r, false);
+    switch (r->type) {
+    case REC_EXCHANGE:
+        r->ex.name = r->name;
+        r->ex.type = get_str(&c, r, false);
+        r->ex.durable = true;
+        uint8_t flags = get_u8(&c);
+        r->ex.auto_delete = flags & 1;
+        r->ex.internal = flags & 2;
+        r->ex.args = get_table(&c, r);
+        break;
+    case REC_QUEUE:
+        wr_queue_decl_init(&r->q, r->name);
+        r->q.durable = true;
+        r->q.storage = get_str(&c, r, false);
+        r->q.auto_delete = get_u8(&c) != 0;
+        r->q.max_length = get_i64(&c);
+        r->q.max_length_bytes = get_i64(&c);
+        uint8_t overflow = get_u8(&c);
+        if (overflow > WR_OVERFLOW_REJECT_PUBLISH && c.status == WR_OK)
+            c.status = WR_EPROTO;
+        r->q.overflow = (enum wr_overflow)overflow;
+        r->q.partitions = get_u32(&c);
+        r->q.message_ttl_ms = get_i64(&c);
+        r->q.expires_ms = get_i64(&c);
+        r->q.dead_letter_exchange = get_str(&c, r, true);
+        r->q.dead_letter_routing_key = get_str(&c, r, true);
+        r->q.max_priority = get_u8(&c);
+        r->q.args = get_table(&c, r);
+        r->q.options = get_table(&c, r);
+        break;
+    case REC_BIND:
+    case REC_UNBIND:
+        r->to_exchange = get_u8(&c) != 0;
+        r->dest = get_str(&c, r, false);
+        r->key = get_str(&c, r, false);
+        r->args = get_table(&c, r);
+        break;
+    case REC_EXCHANGE_DELETE:
+    case REC_QUEUE_DELETE:
+        break;
+    default:
+        c.status = WR_EPROTO;
+        break;
+    }
+    if (c.status == WR_OK && c.p != c.end)
+        c.status = WR_EPROTO; /* trailing bytes */
+    if (c.status != WR_OK)
+        rec_free(r);
+    return c.status;
+}
+
+/* ---- the model ---------------------------------------------------------------------- */
+
+/* A map key no two different tuples share whatever bytes the names hold: every part but
+ * the last after its length. Bindings add their source, kind, destination and key. */
+static char *key_make(const char *vhost, const char *name, const char *dest, bool to_exchange,
+                      const char *key)
+{
+    const char *fmt = dest ? "%zu:%s%zu:%s%c%zu:%s%s" : "%zu:%s%s";
+    size_t vl = strlen(vhost), nl = strlen(name), dl = dest ? strlen(dest) : 0;
+    int n = dest ? snprintf(NULL, 0, fmt, vl, vhost, nl, name, to_exchange ? 'e' : 'q', dl,
+                            dest, key)
+                 : snprintf(NULL, 0, fmt, vl, vhost, name);
+    char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (s && dest)
+        snprintf(s, (size_t)n + 1, fmt, vl, vhost, nl, name, to_exchange ? 'e' : 'q', dl, dest,
+                 key);
+    else if (s)
+        snprintf(s, (size_t)n + 1, fmt, vl, vhost, name);
+    return s;
+}
+
+static void def_free(struct def *df)
+{
+    free(df->key);
+    free(df->vhost);
+    free(df->name);
+    free(df->dest);
+    wr_table_free(df->args);
+    free(df->payload);
+    free(df);
+}
+
+/* A definition for r, whose record is payload[len]; NULL out of memory. */
+static struct def *def_new(struct definitions *d, uint8_t type, const struct rec *r,
+                           const uint8_t *payload, size_t len)
+{
+    struct def *df = calloc(1, sizeof *df);
+    if (!df)
+        return NULL;
+    df->type = type;
+    df->seq = ++d->seq;
+    df->to_exchange = r->to_exchange;
+    df->len = len;
+    bool bind = type == REC_BIND;
+    df->key = key_make(r->vhost, r->name, bind ? r->dest : NULL, r->to_exchange, r->key);
+    df->vhost = strdup(r->vhost);
+    df->name = strdup(r->name);
+    df->dest = bind ? strdup(r->dest) : NULL;
+    df->args = bind ? wr_table_dup(r->args) : NULL;
+    df->payload = malloc(len ? len : 1);
+    if (!df->key || !df->vhost || !df->name || (bind && (!df->dest || !df->args)) ||
+        !df->payload) {
+        def_free(df);
+        return NULL;
+    }
+    memcpy(df->payload, payload, len);
+    return df;
+}
+
+static struct map *model_map(struct definitions *d, uint8_t type)
+{
+    return type == REC_EXCHANGE ? &d->exchanges : type == REC_QUEUE ? &d->queues : &d->binds;
+}
+
+/* The exchange or queue (type) called name in vhost, or NULL. Out of memory, the model
+ * can no longer be trusted: model_lost. */
+static struct def *model_find(struct definitions *d, uint8_t type, const char *vhost,
+                              const char *name)
+{
+    char *key = key_make(vhost, name, NULL, false, NULL);
+    struct def *df = key ? map_get(model_map(d, type), key) : NULL;
+    d->model_lost |= !key;
+    free(key);
+    return df;
+}
+
+/* The stored binding equal to r's, or NULL (model_lost out of memory). */
+static struct def *model_find_bind(struct definitions *d, const struct rec *r)
+{
+    char *key = key_make(r->vhost, r->name, r->dest, r->to_exchange, r->key);
+    struct def *df = key ? map_get(&d->binds, key) : NULL;
+    d->model_lost |= !key;
+    free(key);
+    while (df && !args_equal(df->args, r->args))
+        df = df->same;
+    return df;
+}
+
+static void model_drop(struct definitions *d, struct def *df)
+{
+    struct map *m = model_map(d, df->type);
+    struct def *head = map_get(m, df->key);
+    if (head == df) {
+        map_del(m, df->key);
+        if (df->same)
+            map_put(m, df->same->key, df->same); /* into the slot just freed: never grows */
+    } else {
+        while (head && head->same != df)
+            head = head->same;
+        if (head)
+            head->same = df->same;
+    }
+    d->live -= REC_HEAD + df->len;
+    def_free(df);
+}
+
+/* Does a stored binding start at or lead to the exchange (or the queue) vhost/name? */
+static bool bind_touches(const struct def *df, const char *vhost, const char *name,
+                         bool exchange)
+{
+    if (strcmp(df->vhost, vhost) != 0)
+        return false;
+    if (exchange && strcmp(df->name, name) == 0)
+        return true;
+    return df->to_exchange == exchange && strcmp(df->dest, name) == 0;
+}
+
+/* With drop, drops every stored binding that touches vhost/name (collected first, since
+ * dropping edits the map) and returns how many, or -1 out of memory; without, returns 1 if
+ * there is one, else 0. */
+static long model_binds_touching(struct definitions *d, const char *vhost, const char *name,
+                                 bool exchange, bool drop)
+{
+    size_t n = 0, cap = 0;
+    struct def **hits = NULL;
+    for (size_t i = 0; i < d->binds.cap; i++) {
+        if (!d->binds.slots[i].key)
+            continue;
+        for (struct def *df = d->binds.slots[i].val; df; df = df->same) {
+            if (!bind_touches(df, vhost, name, exchange))
+                continue;
+            if (!drop)
+                return 1;
+            if (n == cap) {
+                cap = cap ? cap * 2 : 16;
+                struct def **more = realloc(hits, cap * sizeof *hits);
+                if (!more) {
+                    free(hits);
+                    return -1;
+                }
+                hits = more;
+            }
+            hits[n++] = df;
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        model_drop(d, hits[i]);
+    free(hits);
+    return (long)n;
+}
+
+/* Applies a record to the model. WR_ENOMEM leaves the model short of it. */
+static int model_apply(struct definitions *d, const struct rec *r, const uint8_t *payload,
+                       size_t len)
+{
+    struct def *df = NULL;
+    switch (r->type) {
+    case REC_EXCHANGE:
+    case REC_QUEUE: {
+        struct map *m = model_map(d, r->type);
+        if (!(df = def_new(d, r->type, r, payload, len)))
+            return WR_ENOMEM;
+        struct def *old = map_get(m, df->key);
+        if (map_put(m, df->key, df) != 0) {
+            def_free(df);
+            return WR_ENOMEM;
+        }
+        if (old) {
+            d->live -= REC_HEAD + old->len;
+            def_free(old);
+        }
+        d->live += REC_HEAD + len;
+        return WR_OK;
+    }
+    case REC_EXCHANGE_DELETE:
+    case REC_QUEUE_DELETE: {
+        bool exchange = r->type == REC_EXCHANGE_DELETE;
+        if ((df = model_find(d, exchange ? REC_EXCHANGE : REC_QUEUE, r->vhost, r->name)))
+            model_drop(d, df);
+        return model_binds_touching(d, r->vhost, r->name, exchange, true) < 0 ? WR_ENOMEM
+                                                                               : WR_OK;
+    }
+    case REC_BIND: {
+        if (model_find_bind(d, r))
+            return WR_OK;
+        if (!(df = def_new(d, REC_BIND, r, payload, len)))
+            return WR_ENOMEM;
+        df->same = map_get(&d->binds, df->key);
+        if (map_put(&d->binds, df->key, df) != 0) {
+            def_free(df);
+            return WR_ENOMEM;
+        }
+        d->live += REC_HEAD + len;
+        return WR_OK;
+    }
+    case REC_UNBIND:
+        if ((df = model_find_bind(d, r)))
+            model_drop(d, df);
+        return WR_OK;
+    default:
+        return WR_EPROTO;
+    }
+}
+
+static void model_free(struct definitions *d)
+{
+    struct map *maps[] = {&d->exchanges, &d->queues, &d->binds};
+    for (size_t k = 0; k < 3; k++) {
+        for (size_t i = 0; i < maps[k]->cap; i++) {
+            struct def *df = maps[k]->slots[i].key ? maps[k]->slots[i].val : NULL;
+            while (df) {
+                struct def *next = df->same;
+                def_free(df);
+                df = next;
+            }
+        }
+        map_fini(maps[k]);
+    }
+}
+
+static int def_order(const void *a, const void *b)
+{
+    const struct def *x = *(const struct def *const *)a, *y = *(const struct def *const *)b;
+    if (x->type != y->type)
+        return x->type < y->type ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Every stored definition: exchanges, then queues, then bindings, each in arrival order,
+ * in an array the caller frees (NULL when there are none, or out of memory: *oom). */
+static struct def **model_sorted(struct definitions *d, size_t *n, bool *oom)
+{
+    size_t total = 0;
+    struct map *maps[] = {&d->exchanges, &d->queues, &d->binds};
+    for (size_t k = 0; k < 3; k++)
+        for (size_t i = 0; i < maps[k]->cap; i++)
+            for (struct def *df = maps[k]->slots[i].key ? maps[k]->slots[i].val : NULL; df;
+                 df = df->same)
+                total++;
+    *n = 0;
+    *oom = false;
+    if (!total)
+        return NULL;
+    struct def **all = malloc(total * sizeof *all);
+    if (!all) {
+        *oom = true;
+        return NULL;
+    }
+    for (size_t k = 0; k < 3; k++)
+        for (size_t i = 0; i < maps[k]->cap; i++)
+            for (struct def *df = maps[k]->slots[i].key ? maps[k]->slots[i].val : NULL; df;
+                 df = df->same)
+                all[(*n)++] = df;
+    qsort(all, total, sizeof *all, def_order);
+    return all;
+}
+
+/* ---- the file ----------------------------------------------------------------------- */
+
+static bool write_at(int fd, const uint8_t *p, size_t n, uint64_t off)
+{
+    while (n) {
+        ssize_t w = pwrite(fd, p, n, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            if (w == 0)
+                errno = EIO;
+            return false;
+        }
+        p += w;
+        n -= (size_t)w;
+        off += (uint64_t)w;
+    }
+    return true;
+}
+
+static int sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
+
+/* mkdir -p */
+static int make_dirs(const char *dir)
+{
+    char path[4096];
+    size_t n = strlen(dir);
+    if (n >= sizeof path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(path, dir, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (path[i] != '/' && path[i] != '\0')
+            continue;
+        char c = path[i];
+        path[i] = '\0';
+        if (mkdir(path, 0755) != 0 && errno != EEXIST)
+            return -1;
+        path[i] = c;
+    }
+    return 0;
+}
+
+static void record_head(uint8_t *head, const uint8_t *payload, size_t len)
+{
+    set32(head, (uint32_t)len);
+    set32(head + 4, crc32_of(head, 4));
+    set32(head + 8, crc32_of(payload, len));
+}
+
+/* Writes the model to a new file that replaces the old one (temp file, fdatasync, rename,
+ * fsync of the directory), which becomes the file appended to. */
+static int compact(struct definitions *d, struct wr_error *err)
+{
+    size_t n;
+    bool oom;
+    struct def **all = model_sorted(d, &n, &oom);
+    struct wr_bytes out = {0};
+    uint8_t *p = wr_bytes_grow(&out, FILE_HEAD);
+    if (p) {
+        memcpy(p, MAGIC, 4);
+        set32(p + 4, VERSION);
+    }
+    for (size_t i = 0; i < n && (p = wr_bytes_grow(&out, REC_HEAD + all[i]->len)); i++) {
+        record_head(p, all[i]->payload, all[i]->len);
+        memcpy(p + REC_HEAD, all[i]->payload, all[i]->len);
+    }
+    free(all);
+    if (oom || out.oom) {
+        wr_bytes_free(&out);
+        return wr_error_set(err, WR_ENOMEM, "%s: out of memory compacting", d->path);
+    }
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", d->path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0 || !write_at(fd, out.p, out.len, 0) || fdatasync(fd) != 0 ||
+        rename(tmp, d->path) != 0) {
+        int e = errno;
+        if (fd >= 0) {
+            close(fd);
+            unlink(tmp);
+        }
+        wr_bytes_free(&out);
+        errno = e;
+        return wr_error_sys(err, WR_EIO, "cannot write %s", fd < 0 ? tmp : d->path);
+    }
+    if (d->fd >= 0)
+        close(d->fd);
+    d->fd = fd;
+    d->size = out.len;
+    wr_bytes_free(&out);
+    if (sync_dir(d->dir) != 0) {
+        /* The rename may not survive a crash, and appends would go to a file that then
+         * vanishes: refuse them rather than lose them. */
+        d->failed = true;
+        return wr_error_sys(err, WR_EIO, "cannot fsync directory %s after replacing %s",
+                            d->dir, d->path);
+    }
+    return WR_OK;
+}
+
+/* What a record does, for messages: "queue 'q' in vhost '/'", "deletion of ...". */
+static void rec_describe(const struct rec *r, char *out, size_t len)
+{
+    const char *change = r->type == REC_EXCHANGE_DELETE || r->type == REC_QUEUE_DELETE
+                             ? "deletion of "
+                             : r->type == REC_UNBIND ? "removal of " : "";
+    switch (r->type) {
+    case REC_EXCHANGE:
+    case REC_EXCHANGE_DELETE:
+        snprintf(out, len, "%sexchange '%s' in vhost '%s'", change, r->name, r->vhost);
+        break;
+    case REC_QUEUE:
+    case REC_QUEUE_DELETE:
+        snprintf(out, len, "%squeue '%s' in vhost '%s'", change, r->name, r->vhost);
+        break;
+    default:
+        snprintf(out, len, "%sbinding of exchange '%s' to %s '%s' in vhost '%s'", change,
+                 r->name, r->to_exchange ? "exchange" : "queue", r->dest, r->vhost);
+        break;
+    }
+}
+
+/* Appends r and makes it durable, then applies it to the model. On failure the file is cut
+ * back to where it was, so the caller can undo its change and the file stays replayable. */
+static int append(struct definitions *d, const struct rec *r, struct wr_error *err)
+{
+    char what[1200];
+    rec_describe(r, what, sizeof what);
+    if (d->failed)
+        return wr_error_set(err, WR_EIO,
+                            "%s: an earlier write failed and could not be undone, so the change "
+                            "to %s is refused: check the disk, then restart the broker",
+                            d->path, what);
+    struct wr_bytes rec = {0};
+    wr_bytes_grow(&rec, REC_HEAD);
+    rec_encode(&rec, r);
+    if (rec.oom || rec.len - REC_HEAD > REC_MAX) {
+        int rc = rec.oom ? WR_ENOMEM : WR_ELIMIT;
+        wr_bytes_free(&rec);
+        return wr_error_set(err, rc, "%s: cannot record %s: %s", d->path, what,
+                            rc == WR_ENOMEM ? "out of memory" : "its arguments are too large");
+    }
+    size_t len = rec.len - REC_HEAD;
+    record_head(rec.p, rec.p + REC_HEAD, len);
+    int e = 0;
+    if (d->fd < 0 && (make_dirs(d->dir) != 0 || compact(d, NULL) != WR_OK))
+        e = errno ? errno : EIO;
+    if (!e && (!write_at(d->fd, rec.p, rec.len, d->size) || fdatasync(d->fd) != 0)) {
+        e = errno;
+        if (ftruncate(d->fd, (off_t)d->size) != 0 || fdatasync(d->fd) != 0)
+            d->failed = true;
+    }
+    if (e) {
+        wr_bytes_free(&rec);
+        wr_log(WR_LOG_ERROR, "definitions", "cannot write %s to %s: %s", what, d->path,
+               strerror(e));
+        errno = e;
+        return wr_error_sys(err, WR_EIO,
+                            "cannot write %s to %s, so the change is refused rather than left "
+                            "non-durable (free disk space or fix the permissions of %s)",
+                            what, d->path, d->dir);
+    }
+    d->size += rec.len;
+    if (!d->model_lost && model_apply(d, r, rec.p + REC_HEAD, len) != WR_OK) {
+        d->model_lost = true;
+        wr_log(WR_LOG_WARN, "definitions",
+               "out of memory tracking %s: %s is no longer compacted until a restart", what,
+               d->path);
+    }
+    wr_bytes_free(&rec);
+    /* A long-running broker with churn would grow the log forever: rewrite it once most of
+     * it is history. */
+    if (!d->model_lost && d->size > 2 * (FILE_HEAD + d->live) + COMPACT_SLACK) {
+        struct wr_error cerr = {0};
+        if (compact(d, &cerr) != WR_OK)
+            wr_log(WR_LOG_WARN, "definitions", "compaction failed: %s", cerr.msg);
+    }
+    return WR_OK;
+}
+
+/* ---- start-up ----------------------------------------------------------------------- */
+
+/* Does a whole, intact record start at off? *len gets its payload length. */
+static bool intact_at(const uint8_t *buf, size_t size, size_t off, size_t *len)
+{
+    if (size - off < REC_HEAD || crc32_of(buf + off, 4) != get32(buf + off + 4))
+        return false;
+    uint32_t n = get32(buf + off);
+    if (n > REC_MAX || size - off - REC_HEAD < n)
+        return false;
+    *len = n;
+    return crc32_of(buf + off + REC_HEAD, n) == get32(buf + off + 8);
+}
+
+static int read_file(const char *path, uint8_t **out, size_t *size, struct wr_error *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? WR_ENOTFOUND : wr_error_sys(err, WR_EIO, "cannot open %s", path);
+    struct stat st;
+    uint8_t *buf = NULL;
+    size_t got = 0;
+    int rc = WR_OK;
+    if (fstat(fd, &st) != 0) {
+        rc = wr_error_sys(err, WR_EIO, "cannot stat %s", path);
+    } else if (!(buf = malloc(st.st_size ? (size_t)st.st_size : 1))) {
+        rc = wr_error_set(err, WR_ENOMEM, "out of memory reading %s", path);
+    } else {
+        while (got < (size_t)st.st_size) {
+            ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                break;
+            got += (size_t)r;
+        }
+        if (got != (size_t)st.st_size)
+            rc = wr_error_sys(err, WR_EIO, "cannot read %s", path);
+    }
+    close(fd);
+    if (rc != WR_OK) {
+        free(buf);
+        return rc;
+    }
+    *out = buf;
+    *size = got;
+    return WR_OK;
+}
+
+/* Replays the file into the model. Nothing on disk changes here. */
+static int replay(struct definitions *d, const uint8_t *buf, size_t size, struct wr_error *err)
+{
+    if (size < FILE_HEAD || memcmp(buf, MAGIC, 4) != 0)
+        return wr_error_set(err, WR_EPROTO,
+                            "%s is not a warren definitions file (no '" MAGIC "' header); "
+                            "start-up stops and the file is left as it is",
+                            d->path);
+    uint32_t version = get32(buf + 4);
+    if (version != VERSION)
+        return wr_error_set(err, WR_EPROTO,
+                            "%s has format version %u, and this warren reads version %u%s; "
+                            "start-up stops and the file is left as it is",
+                            d->path, version, VERSION,
+                            version > VERSION ? " (it was written by a newer warren)" : "");
+    size_t off = FILE_HEAD;
+    while (off < size) {
+        size_t len = 0;
+        if (!intact_at(buf, size, off, &len)) {
+            /* A torn write can only be the last record: damage followed by an intact record
+             * is corruption, and nothing is cut then. */
+            for (size_t at = off + 1; at < size; at++) {
+                size_t l;
+                if (intact_at(buf, size, at, &l))
+                    return wr_error_set(err, WR_EPROTO,
+                                        "%s: damaged record at offset %zu, followed by intact "
+                                        "ones from offset %zu: start-up stops and the file is "
+                                        "left as it is (restore it from a backup, or move it "
+                                        "away to start without the stored definitions)",
+                                        d->path, off, at);
+            }
+            wr_log(WR_LOG_WARN, "definitions",
+                   "%s: the last record (offset %zu, %zu bytes) is torn, as a crash during a "
+                   "write leaves it; it is dropped",
+                   d->path, off, size - off);
+            break;
+        }
+        struct rec r;
+        int rc = rec_decode(buf + off + REC_HEAD, len, &r);
+        if (rc == WR_OK) {
+            rc = model_apply(d, &r, buf + off + REC_HEAD, len);
+            rec_free(&r);
+        }
+        if (rc != WR_OK)
+            return wr_error_set(err, rc,
+                                rc == WR_ENOMEM ? "%s: out of memory at offset %zu"
+                                                : "%s: the record at offset %zu is intact but "
+                                                  "not understood; start-up stops and the file "
+                                                  "is left as it is",
+                                d->path, off);
+        off += REC_HEAD + len;
+    }
+    return WR_OK;
+}
+
+/* A stored definition the config contradicts: the config wins. */
+static void conflict(struct definitions *d, struct def *df, const char *what, bool *dropped)
+{
+    *dropped = true;
+    wr_log(WR_LOG_WARN, "definitions",
+           "%s in vhost '%s' is declared by the config with other properties than %s "
+           "stores; the config's is kept and the stored one is dropped",
+           what, df->vhost, d->path);
+    model_drop(d, df);
+}
+
+static int restore_exchange(struct wr_broker *b, struct definitions *d, struct def *df,
+                            struct wr_vhost *vh, const struct rec *r, bool *dropped,
+                            struct wr_error *err)
+{
+    char what[600];
+    snprintf(what, sizeof what, "exchange '%s'", r->name);
+    struct wr_exchange *ex = wr_exchange_find(vh, r->name);
+    if (ex) {
+        if (strcmp(wr_exchange_type(ex), r->ex.type) != 0 || !ex->durable ||
+            ex->auto_delete != r->ex.auto_delete || ex->internal != r->ex.internal ||
+            !args_equal(ex->args, r->ex.args))
+            conflict(d, df, what, dropped);
+        return WR_OK;
+    }
+    if (!wr_broker_plugin(b, r->ex.type, WR_PLUGIN_EXCHANGE))
+        return wr_error_set(err, WR_ENOTFOUND,
+                            "%s: %s in vhost '%s' has type '%s', but no exchange plugin '%s' "
+                            "is loaded: list it under `plugins:` in the config",
+                            d->path, what, r->vhost, r->ex.type, r->ex.type);
+    int rc = wr_exchange_declare(vh, &r->ex, NULL, err);
+    if (rc != WR_OK)
+        wr_error_wrap(err, "%s: cannot restore %s in vhost '%s'", d->path, what, r->vhost);
+    return rc;
+}
+
+static int restore_queue(struct wr_broker *b, struct definitions *d, struct def *df,
+                         struct wr_vhost *vh, const struct rec *r, bool *dropped,
+                         struct wr_error *err)
+{
+    char what[600];
+    snprintf(what, sizeof what, "queue '%s'", r->name);
+    struct wr_queue *q = wr_queue_find(vh, r->name);
+    if (q) {
+        if (wr_queue_declare(vh, &r->q, NULL, NULL) != WR_OK || !args_equal(q->args, r->q.args) ||
+            !args_equal(q->options, r->q.options))
+            conflict(d, df, what, dropped);
+        return WR_OK;
+    }
+    if (!wr_broker_plugin(b, r->q.storage, WR_PLUGIN_STORAGE))
+        return wr_error_set(err, WR_ENOTFOUND,
+                            "%s: %s in vhost '%s' has storage '%s', but no storage plugin '%s' "
+                            "is loaded: list it under `plugins:` in the config",
+                            d->path, what, r->vhost, r->q.storage, r->q.storage);
+    int rc = wr_queue_declare(vh, &r->q, NULL, err);
+    if (rc != WR_OK)
+        wr_error_wrap(err, "%s: cannot restore %s in vhost '%s'", d->path, what, r->vhost);
+    return rc;
+}
+
+static int restore_bind(struct definitions *d, struct def *df, struct wr_vhost *vh,
+                        const struct rec *r, bool *dropped, struct wr_error *err)
+{
+    char what[1200];
+    rec_describe(r, what, sizeof what);
+    struct wr_exchange *src = wr_exchange_find(vh, r->name);
+    struct wr_exchange *dst = r->to_exchange ? wr_exchange_find(vh, r->dest) : NULL;
+    struct wr_queue *q = r->to_exchange ? NULL : wr_queue_find(vh, r->dest);
+    if (!src || (!dst && !q)) {
+        /* Its end came from the config, which no longer declares it. */
+        wr_log(WR_LOG_WARN, "definitions", "%s: the %s is dropped: its %s is gone",
+               d->path, what, src ? "destination" : "source");
+        *dropped = true;
+        model_drop(d, df);
+        return WR_OK;
+    }
+    int rc = q ? wr_bind_queue(src, q, r->key, r->args, err)
+               : wr_bind_exchange(src, dst, r->key, r->args, err);
+    if (rc != WR_OK)
+        wr_error_wrap(err, "%s: cannot restore the %s", d->path, what);
+    return rc;
+}
+
+/* Declares the model's definitions in the broker: exchanges, queues (a durable storage
+ * reopens its data), then bindings. */
+static int restore(struct wr_broker *b, struct definitions *d, struct wr_error *err)
+{
+    size_t n, counts[3] = {0}, absent = 0;
+    bool oom;
+    struct def **all = model_sorted(d, &n, &oom);
+    if (oom)
+        return wr_error_set(err, WR_ENOMEM, "out of memory restoring %s", d->path);
+    const char *absent_vhost = NULL;
+    int rc = WR_OK;
+    for (size_t i = 0; rc == WR_OK && i < n; i++) {
+        struct def *df = all[i];
+        struct wr_vhost *vh = wr_vhost_find(b, df->vhost);
+        if (!vh) {
+            if (!absent++)
+                absent_vhost = df->vhost;
+            continue;
+        }
+        struct rec r;
+        if ((rc = rec_decode(df->payload, df->len, &r)) != WR_OK) {
+            rc = wr_error_set(err, rc, "%s: out of memory restoring", d->path);
+            break;
+        }
+        uint8_t type = df->type; /* dropping frees df */
+        bool dropped = false;
+        if (type == REC_EXCHANGE)
+            rc = restore_exchange(b, d, df, vh, &r, &dropped, err);
+        else if (type == REC_QUEUE)
+            rc = restore_queue(b, d, df, vh, &r, &dropped, err);
+        else
+            rc = restore_bind(d, df, vh, &r, &dropped, err);
+        if (!dropped)
+            counts[type == REC_EXCHANGE ? 0 : type == REC_QUEUE ? 1 : 2]++;
+        rec_free(&r);
+    }
+    if (rc == WR_OK && absent)
+        wr_log(WR_LOG_WARN, "definitions",
+               "%s: %zu stored definitions belong to vhosts the config does not declare "
+               "(first: '%s'); they are kept, and restored once the vhost is back",
+               d->path, absent, absent_vhost);
+    if (rc == WR_OK)
+        wr_log(WR_LOG_INFO, "definitions",
+               "restored %zu exchanges, %zu queues and %zu bindings from %s", counts[0],
+               counts[1], counts[2], d->path);
+    free(all);
+    return rc;
+}
+
+static void defs_free(struct definitions *d)
+{
+    if (!d)
+        return;
+    if (d->fd >= 0)
+        close(d->fd);
+    model_free(d);
+    free(d->dir);
+    free(d->path);
+    free(d);
+}
+
+int definitions_open(struct wr_broker *b, struct wr_error *err)
+{
+    struct definitions *d = calloc(1, sizeof *d);
+    size_t plen = strlen(b->data_dir) + sizeof "/" FILE_NAME;
+    if (!d || !(d->dir = strdup(b->data_dir)) || !(d->path = malloc(plen))) {
+        if (d)
+            free(d->dir);
+        free(d);
+        return wr_error_set(err, WR_ENOMEM, "out of memory opening the definitions");
+    }
+    d->fd = -1;
+    snprintf(d->path, plen, "%s/" FILE_NAME, b->data_dir);
+    uint8_t *buf = NULL;
+    size_t size = 0;
+    int rc = read_file(d->path, &buf, &size, err);
+    if (rc == WR_ENOTFOUND) {
+        b->defs = d; /* created by the first durable declare */
+        return WR_OK;
+    }
+    if (rc == WR_OK)
+        rc = replay(d, buf, size, err);
+    free(buf);
+    if (rc == WR_OK)
+        rc = restore(b, d, err);
+    if (rc == WR_OK)
+        rc = compact(d, err);
+    if (rc != WR_OK) {
+        defs_free(d);
+        return rc;
+    }
+    b->defs = d;
+    return WR_OK;
+}
+
+void definitions_close(struct wr_broker *b)
+{
+    defs_free(b->defs);
+    b->defs = NULL;
+}
+
+/* ---- hooks -------------------------------------------------------------------------- */
+
+static bool queue_is_stored_kind(const struct wr_queue *q)
+{
+    return q->durable && !q->exclusive;
+}
+
+int definitions_exchange_declared(struct wr_exchange *ex, struct wr_error *err)
+{
+    struct definitions *d = ex->vh->broker->defs;
+    if (!d || !ex->durable || ex->predeclared)
+        return WR_OK;
+    struct rec r = {.type = REC_EXCHANGE, .vhost = ex->vh->name, .name = ex->name};
+    r.ex = (struct wr_exchange_decl){ex->name, wr_exchange_type(ex), true, ex->auto_delete,
+                                     ex->internal, ex->args};
+    return append(d, &r, err);
+}
+
+/* Is a delete of vhost/name worth a record: is it, or a binding of it, stored? When the
+ * model was lost, every durable one is. */
+static bool delete_matters(struct definitions *d, uint8_t type, const char *vhost,
+                           const char *name)
+{
+    return model_find(d, type, vhost, name) ||
+           model_binds_touching(d, vhost, name, type == REC_EXCHANGE, false) != 0 ||
+           d->model_lost;
+}
+
+int definitions_exchange_deleted(struct wr_exchange *ex, struct wr_error *err)
+{
+    struct definitions *d = ex->vh->broker->defs;
+    if (!d || !ex->durable || ex->predeclared ||
+        !delete_matters(d, REC_EXCHANGE, ex->vh->name, ex->name))
+        return WR_OK;
+    struct rec r = {.type = REC_EXCHANGE_DELETE, .vhost = ex->vh->name, .name = ex->name};
+    return append(d, &r, err);
+}
+
+int definitions_queue_declared(struct wr_queue *q, struct wr_error *err)
+{
+    struct definitions *d = q->vh->broker->defs;
+    if (!d || !queue_is_stored_kind(q))
+        return WR_OK;
+    struct rec r = {.type = REC_QUEUE, .vhost = q->vh->name, .name = q->name};
+    wr_queue_decl_init(&r.q, q->name);
+    r.q.storage = q->storage;
+    r.q.durable = true;
+    r.q.auto_delete = q->auto_delete;
+    r.q.max_length = q->max_length;
+    r.q.max_length_bytes = q->max_length_bytes;
+    r.q.overflow = q->overflow;
+    r.q.partitions = q->partitions;
+    r.q.message_ttl_ms = q->message_ttl_ms;
+    r.q.expires_ms = q->expires_ms;
+    r.q.dead_letter_exchange = q->dlx;
+    r.q.dead_letter_routing_key = q->dlrk;
+    r.q.max_priority = q->max_priority;
+    r.q.args = q->args;
+    r.q.options = q->options;
+    return append(d, &r, err);
+}
+
+int definitions_queue_deleted(struct wr_queue *q, struct wr_error *err)
+{
+    struct definitions *d = q->vh->broker->defs;
+    if (!d || !queue_is_stored_kind(q) || !delete_matters(d, REC_QUEUE, q->vh->name, q->name))
+        return WR_OK;
+    struct rec r = {.type = REC_QUEUE_DELETE, .vhost = q->vh->name, .name = q->name};
+    return append(d, &r, err);
+}
+
+static void bind_rec(const struct binding *bd, uint8_t type, struct rec *r)
+{
+    *r = (struct rec){.type = type,
+                      .vhost = bd->src->vh->name,
+                      .name = bd->src->name,
+                      .to_exchange = bd->dst != NULL,
+                      .dest = bd->dst ? bd->dst->name : bd->q->name,
+                      .key = bd->key,
+                      .args = bd->args};
+}
+
+int definitions_bound(const struct binding *bd, struct wr_error *err)
+{
+    struct definitions *d = bd->src->vh->broker->defs;
+    if (!d || !bd->src->durable || (bd->q ? !queue_is_stored_kind(bd->q) : !bd->dst->durable))
+        return WR_OK;
+    struct rec r;
+    bind_rec(bd, REC_BIND, &r);
+    return append(d, &r, err);
+}
+
+int definitions_unbound(const struct binding *bd, struct wr_error *err)
+{
+    struct definitions *d = bd->src->vh->broker->defs;
+    struct rec r;
+    bind_rec(bd, REC_UNBIND, &r);
+    if (!d || !bd->src->durable || (bd->q ? !queue_is_stored_kind(bd->q) : !bd->dst->durable) ||
+        (!model_find_bind(d, &r) && !d->model_lost))
+        return WR_OK;
+    return append(d, &r, err);
+}

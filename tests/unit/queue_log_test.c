@@ -1,0 +1,291 @@
+/*
+ * queue_log_test.c: queues on a log-model storage (streams), as the core serves them to a
+ * transport: publish appends, every consumer reads every record from its own offset
+ * (x-stream-offset: first, last, next, an offset, a timestamp), acks are credit, get and
+ * purge do not apply, sync barriers cover appends, and records outlive the broker.
+ * Driven through the public broker API with the real `log` plugin.
+ */
+#include <criterion/criterion.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "testutil.h"
+
+static struct tu_broker t;
+
+static void setup(void)
+{
+    tu_broker_init(&t);
+    struct wr_error err = {0};
+    const char *const dirs[] = {WR_TEST_PLUGIN_DIR, NULL};
+    cr_assert_eq(wr_broker_load_plugin(t.b, "log", NULL, dirs, WR_PLUGIN_STORAGE, NULL, &err),
+                 WR_OK, "%s", err.msg);
+}
+
+static void teardown(void) { tu_broker_fini(&t); }
+
+TestSuite(queue_log, .init = setup, .fini = teardown, .timeout = 60);
+
+/* ---- helpers --------------------------------------------------------------------------- */
+
+static struct wr_queue *stream(const char *name)
+{
+    struct wr_queue_decl decl;
+    wr_queue_decl_init(&decl, name);
+    decl.storage = "log";
+    decl.durable = true;
+    struct wr_queue *q = NULL;
+    struct wr_error err = {0};
+    cr_assert_eq(wr_queue_declare(t.vh, &decl, &q, &err), WR_OK, "%s", err.msg);
+    cr_assert(wr_queue_is_log(q));
+    return q;
+}
+
+/* Publishes body to the default exchange with routing key q's name and timestamp ts_ms
+ * (0: now). */
+static void publish(struct wr_queue *q, const char *body, int64_t ts_ms)
+{
+    struct wr_msg_init init = {.routing_key = wr_str_c(wr_queue_name(q)),
+                               .body_ptr = body,
+                               .body_len = strlen(body),
+                               .timestamp_ms = ts_ms};
+    struct wr_msg *m = NULL;
+    struct wr_error err = {0};
+    cr_assert_eq(wr_msg_new(&init, &m, &err), WR_OK);
+    uint32_t refused = 0;
+    cr_assert_eq(wr_publish(wr_exchange_find(t.vh, ""), m, &refused, &err), 1, "%s", err.msg);
+    wr_msg_unref(m);
+}
+
+#define MAX_GOT 64
+
+struct reader {
+    struct wr_consumer *c;
+    char bodies[MAX_GOT][16];
+    int64_t offsets[MAX_GOT];
+    uint64_t tags[MAX_GOT];
+    bool redelivered;
+    int n;
+};
+
+static void on_deliver(struct wr_consumer *c, const struct wr_delivery *d, void *data)
+{
+    (void)c;
+    struct reader *r = data;
+    cr_assert_lt(r->n, MAX_GOT);
+    size_t len = 0;
+    const uint8_t *body = wr_msg_body(d->msg, &len);
+    cr_assert_lt(len, sizeof r->bodies[0]);
+    memcpy(r->bodies[r->n], body, len);
+    r->bodies[r->n][len] = '\0';
+    int64_t off = -1;
+    cr_assert(wr_table_get_int(d->msg->headers, "x-stream-offset", &off),
+              "a stream delivery carries x-stream-offset");
+    r->offsets[r->n] = off;
+    r->tags[r->n] = d->tag;
+    r->redelivered |= d->redelivered;
+    r->n++;
+}
+
+static const struct wr_consumer_ops reader_ops = {.size = sizeof reader_ops,
+                                                  .deliver = on_deliver};
+
+/* Starts a consumer delivering into r, which must be zeroed or used by consume before. */
+static void consume(struct wr_queue *q, struct reader *r, uint32_t prefetch,
+                    enum wr_stream_start start, int64_t at)
+{
+    if (r->c) /* a reader is reused: its last consumer stops first */
+        wr_consumer_cancel(r->c, false);
+    memset(r, 0, sizeof *r);
+    struct wr_consume_args args = {.prefetch = prefetch, .stream_start = start,
+                                   .stream_at = at};
+    struct wr_error err = {0};
+    cr_assert_eq(wr_queue_consume(q, &reader_ops, &args, r, &r->c, &err), WR_OK, "%s",
+                 err.msg);
+}
+
+static struct reader *waiting;
+static int waiting_for;
+
+static bool got_enough(void *data)
+{
+    (void)data;
+    return waiting->n >= waiting_for;
+}
+
+/* Runs the loop until r has n deliveries (failing after 5 s), then lets it settle so that a
+ * delivery too many would show. */
+static void expect_n(struct reader *r, int n)
+{
+    waiting = r;
+    waiting_for = n;
+    cr_assert(tu_wait(t.lp, got_enough, NULL, 5000), "%d deliveries of %d", r->n, n);
+    tu_drain(t.lp, 1000);
+    cr_assert_eq(r->n, n);
+}
+
+static void expect_bodies(const struct reader *r, const char *const *want, int n)
+{
+    cr_assert_eq(r->n, n);
+    for (int i = 0; i < n; i++)
+        cr_assert_str_eq(r->bodies[i], want[i], "delivery %d", i);
+}
+
+/* ---- tests ----------------------------------------------------------------------------- */
+
+Test(queue_log, consumers_read_from_first_in_order_with_offsets)
+{
+    struct wr_queue *q = stream("s");
+    const char *const all[] = {"m0", "m1", "m2", "m3", "m4"};
+    for (int i = 0; i < 5; i++)
+        publish(q, all[i], 0);
+    cr_assert_eq(wr_queue_depth(q), 5);
+    struct reader r = {0};
+    consume(q, &r, 10, WR_STREAM_FIRST, 0);
+    expect_n(&r, 5);
+    expect_bodies(&r, all, 5);
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(r.offsets[i], i);
+    cr_assert_not(r.redelivered);
+    /* A record read stays: the log keeps it after the ack. */
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(wr_consumer_ack(r.c, r.tags[i], NULL), WR_OK);
+    cr_assert_eq(wr_queue_depth(q), 5);
+}
+
+Test(queue_log, acks_are_credit)
+{
+    struct wr_queue *q = stream("s");
+    const char *const all[] = {"a", "b", "c", "d", "e"};
+    for (int i = 0; i < 5; i++)
+        publish(q, all[i], 0);
+    struct reader r = {0};
+    consume(q, &r, 2, WR_STREAM_FIRST, 0);
+    expect_n(&r, 2);
+    cr_assert_eq(wr_consumer_ack(r.c, r.tags[0], NULL), WR_OK);
+    expect_n(&r, 3);
+    /* A nack frees credit too, and never hands the record out again. */
+    cr_assert_eq(wr_consumer_nack(r.c, r.tags[1], true, NULL), WR_OK);
+    cr_assert_eq(wr_consumer_nack(r.c, r.tags[2], false, NULL), WR_OK);
+    expect_n(&r, 5);
+    expect_bodies(&r, all, 5);
+    cr_assert_not(r.redelivered);
+}
+
+Test(queue_log, every_consumer_reads_every_record)
+{
+    struct wr_queue *q = stream("s");
+    struct reader r1 = {0}, r2 = {0};
+    consume(q, &r1, 100, WR_STREAM_NEXT, 0);
+    consume(q, &r2, 100, WR_STREAM_NEXT, 0);
+    const char *const all[] = {"x", "y", "z"};
+    for (int i = 0; i < 3; i++)
+        publish(q, all[i], 0);
+    expect_n(&r1, 3);
+    expect_n(&r2, 3);
+    expect_bodies(&r1, all, 3);
+    expect_bodies(&r2, all, 3);
+}
+
+Test(queue_log, start_positions)
+{
+    struct wr_queue *q = stream("s");
+    /* Recent enough that retention by age (7 days by default) keeps them. */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    const int64_t base = (int64_t)now.tv_sec * 1000 - 60000;
+    const char *const all[] = {"t0", "t1", "t2", "t3"};
+    for (int i = 0; i < 4; i++)
+        publish(q, all[i], base + i * 1000);
+    struct reader r = {0};
+    consume(q, &r, 10, WR_STREAM_LAST, 0);
+    expect_n(&r, 1);
+    expect_bodies(&r, all + 3, 1);
+    consume(q, &r, 10, WR_STREAM_NEXT, 0);
+    expect_n(&r, 0);
+    consume(q, &r, 10, WR_STREAM_OFFSET, 2);
+    expect_n(&r, 2);
+    expect_bodies(&r, all + 2, 2);
+    consume(q, &r, 10, WR_STREAM_OFFSET, -1); /* below the first: from the first */
+    expect_n(&r, 4);
+    consume(q, &r, 10, WR_STREAM_OFFSET, 100); /* past the end: what comes next */
+    expect_n(&r, 0);
+    consume(q, &r, 10, WR_STREAM_TIMESTAMP, base + 1500);
+    expect_n(&r, 2);
+    expect_bodies(&r, all + 2, 2);
+    consume(q, &r, 10, WR_STREAM_TIMESTAMP, base + 1000);
+    expect_n(&r, 3);
+    expect_bodies(&r, all + 1, 3);
+    consume(q, &r, 10, WR_STREAM_TIMESTAMP, base + 99000); /* every record older: next */
+    expect_n(&r, 0);
+    publish(q, "later", 0);
+    expect_n(&r, 1);
+    cr_assert_str_eq(r.bodies[0], "later");
+}
+
+Test(queue_log, get_and_purge_do_not_apply)
+{
+    struct wr_queue *q = stream("s");
+    publish(q, "kept", 0);
+    struct wr_delivery d;
+    struct wr_error err = {0};
+    cr_assert_eq(wr_queue_get(q, true, &d, &err), WR_EINVAL);
+    cr_assert(strstr(err.msg, "stream"), "%s", err.msg);
+    cr_assert_eq(wr_queue_purge(q), 0);
+    cr_assert_eq(wr_queue_depth(q), 1);
+    cr_assert_eq(wr_queue_unacked(q), 0);
+}
+
+/* Frees the broker and makes a new one on the same data directory. */
+static void reopen(void)
+{
+    wr_broker_free(t.b);
+    wr_loop_free(t.lp);
+    struct wr_error err = {0};
+    cr_assert_eq(wr_loop_new(&t.lp, &err), WR_OK, "%s", err.msg);
+    cr_assert_eq(wr_broker_new(t.lp, t.data_dir, &t.b, &err), WR_OK, "%s", err.msg);
+    const char *const dirs[] = {WR_TEST_PLUGIN_DIR, NULL};
+    static const char *const plugins[] = {"direct", "fanout", "topic", "headers", "memory",
+                                          "log"};
+    for (size_t i = 0; i < sizeof plugins / sizeof plugins[0]; i++)
+        cr_assert_eq(wr_broker_load_plugin(t.b, plugins[i], NULL, dirs, 0, NULL, &err), WR_OK,
+                     "%s", err.msg);
+    cr_assert_eq(wr_vhost_add(t.b, "/", &t.vh, &err), WR_OK, "%s", err.msg);
+}
+
+static int sync_status = 1;
+
+static void on_synced(void *data, int status)
+{
+    (void)data;
+    sync_status = status;
+}
+
+static bool synced(void *data)
+{
+    (void)data;
+    return sync_status != 1;
+}
+
+Test(queue_log, records_survive_the_broker)
+{
+    struct wr_queue *q = stream("s");
+    const char *const all[] = {"p0", "p1", "p2"};
+    for (int i = 0; i < 3; i++)
+        publish(q, all[i], 0);
+    cr_assert_not_null(wr_broker_sync(t.b, on_synced, NULL));
+    cr_assert(tu_wait(t.lp, synced, NULL, 5000), "the sync barrier did not complete");
+    cr_assert_eq(sync_status, WR_OK);
+
+    /* A new broker on the same data directory: the stream's records are there. */
+    reopen();
+    q = stream("s");
+    cr_assert_eq(wr_queue_depth(q), 3);
+    struct reader r = {0};
+    consume(q, &r, 10, WR_STREAM_FIRST, 0);
+    expect_n(&r, 3);
+    expect_bodies(&r, all, 3);
+}
