@@ -1956,7 +1956,10 @@ static void basic_consume(struct amqp_chan *ch, const struct amqp_method *m)
         return;
     }
     struct wr_queue *q = queue_or_die(ch, m->id, name);
-    if (!q || !consume_args_check(ch, m->id, name, a->arguments, qtype_of(wr_queue_args(q))))
+    /* A queue on log storage is a stream, however it was declared (the config declares
+     * them without x-queue-type). */
+    if (!q || !consume_args_check(ch, m->id, name, a->arguments,
+                                  wr_queue_is_log(q) ? QT_STREAM : qtype_of(wr_queue_args(q))))
         return;
     struct wr_consume_args args = {.prefetch = pv->prefetch, .no_ack = a->no_ack,
                                    .exclusive = a->exclusive};

@@ -76,11 +76,15 @@ class Warren:
         self.proc = None
 
     def start(self):
+        """Starts warren (again, after stop: on the same data directory, on a new port)."""
+        self.logfile.seek(0, os.SEEK_END)
+        since = self.logfile.tell()  # this run's part of the log
+        self.port = None
         self.proc = subprocess.Popen([self.binary, self.config], stdout=self.logfile,
                                      stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 15
         while self.port is None:
-            m = re.search(r"amqp091.*listening on 127\.0\.0\.1:(\d+)", self.log())
+            m = re.search(r"amqp091.*listening on 127\.0\.0\.1:(\d+)", self.log()[since:])
             if m:
                 self.port = int(m.group(1))
             elif self.proc.poll() is not None:
