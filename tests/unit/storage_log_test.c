@@ -8,11 +8,14 @@
 #include <criterion/criterion.h>
 
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -368,6 +371,61 @@ Test(storage_log, append_batch_and_read_gives_the_bytes_back)
     struct wr_error err = {0};
     cr_assert_eq(ops->read(l, 0, 10, 100, &s, &err), WR_ENOTFOUND);
     ops->close(l);
+}
+
+/* What a Kafka fetch does with a slice: sendfile() it to a socket. The peer reads whole
+ * batches with their base offsets and valid CRCs, even after retention deleted the segment
+ * (the slice's fd keeps the file). */
+Test(storage_log, a_slice_goes_out_by_sendfile_as_kafka_batches)
+{
+    void *l = open_log();
+    uint8_t kept[2][8192];
+    size_t klen[2];
+    int64_t ts = now_ms();
+    append_n(l, 0, 3, ts, kept[0], &klen[0]);
+    append_n(l, 0, 5, ts, kept[1], &klen[1]);
+    struct wr_log_slice s = read_at(l, 0, 0, 1 << 20);
+    ops->close(l); /* and the files are gone too: the dup'd fd still reads them */
+    nftw(data_dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    cr_assert_eq(mkdir(data_dir, 0700), 0);
+
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    off_t at = (off_t)s.file_offset;
+    size_t left = s.length;
+    uint8_t got[16384];
+    size_t n = 0;
+    while (left > 0) { /* the socket buffer takes it all: 16 KiB at most here */
+        ssize_t sent = sendfile(sv[0], s.fd, &at, left);
+        cr_assert_gt(sent, 0, "sendfile: %s", strerror(errno));
+        left -= (size_t)sent;
+        while (n < s.length - left) {
+            ssize_t r = read(sv[1], got + n, sizeof got - n);
+            cr_assert_gt(r, 0);
+            n += (size_t)r;
+        }
+    }
+    close(sv[0]);
+    close(sv[1]);
+    slice_close(&s);
+    cr_assert_eq(n, klen[0] + klen[1]);
+    /* Each batch as a Kafka client parses it: length field, magic 2, CRC-32C from the
+     * attributes on, base offset assigned. */
+    size_t pos = 0;
+    uint64_t want_base[] = {0, 3};
+    for (int b = 0; b < 2; b++) {
+        const uint8_t *batch = got + pos;
+        uint32_t blen = (uint32_t)(batch[8] << 24 | batch[9] << 16 | batch[10] << 8 |
+                                   batch[11]);
+        cr_assert_eq(12 + (size_t)blen, klen[b]);
+        cr_assert_eq(get_be64(batch), want_base[b]);
+        cr_assert_eq(batch[16], 2, "magic");
+        uint32_t crc = (uint32_t)(batch[17] << 24 | batch[18] << 16 | batch[19] << 8 |
+                                  batch[20]);
+        cr_assert_eq(crc32c(batch + 21, klen[b] - 21), crc);
+        cr_assert_arr_eq(batch, kept[b], klen[b]);
+        pos += klen[b];
+    }
 }
 
 Test(storage_log, a_corrupt_batch_is_refused_and_nothing_is_written)
