@@ -3,7 +3,7 @@
 # (bench/amqp_load) with the same parameters against each broker, one broker after the other.
 #
 #   bench/amqp_bench.sh [--quick] [--runs N] [--retries N] [--build-dir DIR]
-#                       [--only rabbitmq|warren] [--out FILE]
+#                       [--only rabbitmq|warren] [--case NAME] [--out FILE]
 #
 # It builds the Release configuration if needed (DIR, default build-release, as scripts/run.sh
 # uses), measures the machine's loopback TCP bandwidth, starts a private RabbitMQ
@@ -12,6 +12,7 @@
 # same cases. It prints min / median / max per case and broker and the warren/RabbitMQ ratio
 # of the medians, as a Markdown table, and the CPU each side used; --out also writes every
 # run's JSON line to FILE. --quick is a smoke run: a tenth of the messages, one run each.
+# --case NAME runs that case alone (the names are the first column of the table).
 #
 # Never both brokers at once: on a small machine they would share the cores and measure each
 # other. Every load run is bounded by a message count and a time limit; brokers are stopped by
@@ -29,9 +30,9 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --build-dir) build="$2"; shift 2 ;;
     --only) only="$2"; args+=("$1" "$2"); shift 2 ;;
-    --runs|--retries|--out) args+=("$1" "$2"); shift 2 ;;
+    --runs|--retries|--out|--case) args+=("$1" "$2"); shift 2 ;;
     --quick) args+=("$1"); shift ;;
-    -h|--help) sed -n '2,20p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "amqp_bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -68,6 +69,7 @@ runs = int(argv[argv.index("--runs") + 1]) if "--runs" in argv else (1 if quick 
 retries = int(argv[argv.index("--retries") + 1]) if "--retries" in argv else (0 if quick else 2)
 only = argv[argv.index("--only") + 1] if "--only" in argv else ""
 out_path = argv[argv.index("--out") + 1] if "--out" in argv else ""
+only_case = argv[argv.index("--case") + 1] if "--case" in argv else ""
 load_bin = os.path.join(build, "bench", "amqp_load")
 warren_bin = os.path.join(build, "warren")
 plugin_dir = os.path.abspath(os.path.join(build, "plugins"))
@@ -103,6 +105,10 @@ CASES = [
      ["--mode", "e2e", "--rate", "20000", "--size", "100", "--count", str(100000 // scale)],
      ["latency_p50", "latency_p99", "latency_p999"]),
 ]
+if only_case:
+    CASES = [c for c in CASES if c[0] == only_case]
+    if not CASES:
+        sys.exit("amqp_bench: no case named %s" % only_case)
 NOISE = 0.1  # cores used by other processes during a run past which it is marked disturbed
 UNITS = {"consume_rate": "msgs/s", "publish_rate": "msgs/s", "latency_p50": "µs",
          "latency_p99": "µs", "latency_p999": "µs"}

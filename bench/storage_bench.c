@@ -1,8 +1,9 @@
 /*
  * storage_bench.c: the durable storages measured against this machine's disk, in one run.
- * First the disk's own limits (same filesystem, same run): sequential write bandwidth
- * without and with an fdatasync per MiB, and the rate of bare 100-byte append + fdatasync
- * rounds. Then the `queue` backend driven through the broker as a transport drives it:
+ * Before each backend's cases, the disk's own limits (same filesystem, same run):
+ * sequential write bandwidth without and with an fdatasync per MiB, and the rate of bare
+ * 100-byte append + fdatasync rounds. The `queue` backend is driven through the broker as a
+ * transport drives it:
  *
  *   enqueue   persistent messages (100 B, 1 KiB) published into a durable queue with
  *             flush = never, interval (200ms) and always, then one sync barrier; msgs/s and
@@ -12,7 +13,7 @@
  *             (bare fdatasync rate x B), the aim being a ratio of 0.5 or better
  *   drain     a backlog written with flush = never, taken with get + ack until empty
  *
- * Then the `log` backend through its storage ops directly (no broker queue in between, so
+ * The `log` backend is driven through its storage ops directly (no broker queue in between, so
  * the storage is what is measured), one partition:
  *
  *   append    RecordBatch v2 batches of about 16 KiB (Kafka's default batch.size) holding
@@ -29,7 +30,9 @@
  * Each case stops after a fixed count or its time cap, whichever comes first. Every case
  * prints one JSON line on stdout as it ends; a table of all of them follows. --quick is a
  * smoke run (a small fraction of the work, a few seconds); --dir DIR puts the scratch
- * directory under DIR instead of /tmp. The scratch directory is removed at exit.
+ * directory under DIR instead of /tmp; --only queue|log runs one backend. Every case
+ * starts after a syncfs, so none pays for what the one before it left to write back. The
+ * scratch directory is removed at exit.
  * Exit status: 0, or 1 when setup fails, a sync fails or times out, or a count is wrong.
  */
 #include <errno.h>
@@ -77,6 +80,7 @@ static const struct scale *sc = &full;
 static char scratch[4096];  /* removed at exit */
 
 struct row {
+    const char *backend;    /* the section: the disk's limits are measured again in each */
     char name[48];
     uint64_t count;
     double secs;
@@ -91,6 +95,7 @@ struct row {
 
 static struct row rows[48];
 static size_t nrows;
+static const char *backend;  /* the section running: "queue" or "log" */
 
 static double now_s(void)
 {
@@ -154,11 +159,12 @@ static void quiesce(void)
 static void add_row(const char *name, struct row *r)
 {
     snprintf(r->name, sizeof r->name, "%s", name);
+    r->backend = backend;
     if (nrows < sizeof rows / sizeof rows[0])
         rows[nrows++] = *r;
-    printf("{\"bench\":\"storage\",\"case\":\"%s\",\"count\":%llu,\"secs\":%.4f,"
-           "\"per_s\":%.1f",
-           r->name, (unsigned long long)r->count, r->secs, r->rate);
+    printf("{\"bench\":\"storage\",\"backend\":\"%s\",\"case\":\"%s\",\"count\":%llu,"
+           "\"secs\":%.4f,\"per_s\":%.1f",
+           backend, r->name, (unsigned long long)r->count, r->secs, r->rate);
     if (r->mb_s >= 0)
         printf(",\"mb_per_s\":%.2f", r->mb_s);
     if (r->ratio >= 0)
@@ -205,7 +211,9 @@ static int open_scratch_file(const char *name, char *path, size_t cap)
 
 /* Appends sc->seq_bytes in 1 MiB writes to a new file, with an fdatasync after each write
  * (sync_each) or once at the end; returns MB/s (10^6 bytes) including that last sync. */
-static double seq_write(const uint8_t *chunk, bool sync_each, const char *name)
+static uint8_t chunk[MIB]; /* incompressible bytes, in case the disk compresses */
+
+static double seq_write(bool sync_each, const char *name)
 {
     char path[4200];
     int fd = open_scratch_file(name, path, sizeof path);
@@ -230,7 +238,7 @@ static double seq_write(const uint8_t *chunk, bool sync_each, const char *name)
 
 /* Rounds of "append 100 bytes, fdatasync" for sc->fsync_secs: the most durable writes per
  * second one file on this disk takes, the ceiling of an fsync-per-confirm broker. */
-static double fsync_rate(const uint8_t *chunk)
+static double fsync_rate(void)
 {
     char path[4200];
     int fd = open_scratch_file("disk-fdatasync-100B", path, sizeof path);
@@ -269,7 +277,9 @@ struct bench {
 
 static uint8_t body[1024];
 
-static struct wr_queue *declare(struct bench *bn, const char *name, const char *flush)
+/* The storage options for a flush policy, as the config would give them; the caller frees
+ * the table. */
+static struct wr_table *flush_options(const char *flush)
 {
     struct wr_table *opts = wr_table_new();
     struct wr_value v = wr_value_str(flush);
@@ -280,6 +290,12 @@ static struct wr_queue *declare(struct bench *bn, const char *name, const char *
         if (wr_table_add(opts, "flush_interval", &v) != WR_OK)
             die("options", "out of memory");
     }
+    return opts;
+}
+
+static struct wr_queue *declare(struct bench *bn, const char *name, const char *flush)
+{
+    struct wr_table *opts = flush_options(flush);
     struct wr_queue_decl decl;
     wr_queue_decl_init(&decl, name);
     decl.storage = "queue";
@@ -500,7 +516,8 @@ static size_t build_batch(uint8_t *out, size_t cap, size_t len, uint32_t max, in
     size_t pos = LB_HEADER_SIZE;
     uint32_t n = 0;
     while (n < max) {
-        size_t h = 1;           /* attributes: 0 */
+        size_t h = 0;
+        rec[h++] = 0;           /* attributes */
         rec[h++] = 0;           /* timestamp delta 0, as a varint */
         h += put_varint(rec + h, n);
         h += put_varint(rec + h, -1);
@@ -509,7 +526,6 @@ static size_t build_batch(uint8_t *out, size_t cap, size_t len, uint32_t max, in
         size_t sz = put_varint(size, (int64_t)(h + len + 1));
         if (pos + sz + h + len + 1 > cap)
             break;
-        rec[0] = 0;
         memcpy(out + pos, size, sz);
         memcpy(out + pos + sz, rec, h);
         memcpy(out + pos + sz + h, body, len);
@@ -555,15 +571,7 @@ struct log {
 /* Opens a fresh one-partition log under the data directory with the given flush policy. */
 static void log_open(struct bench *bn, struct log *lg, const char *name, const char *flush)
 {
-    struct wr_table *opts = wr_table_new();
-    struct wr_value v = wr_value_str(flush);
-    if (!opts || wr_table_add(opts, "flush", &v) != WR_OK)
-        die("options", "out of memory");
-    if (strcmp(flush, "interval") == 0) {
-        v = wr_value_i64(200);
-        if (wr_table_add(opts, "flush_interval", &v) != WR_OK)
-            die("options", "out of memory");
-    }
+    struct wr_table *opts = flush_options(flush);
     snprintf(lg->dir, sizeof lg->dir, "%s/%s", bn->data_dir, name);
     struct wr_storage_args args = {.vhost = "/", .queue = name, .dir = lg->dir,
                                    .durable = true, .max_length = -1,
@@ -870,6 +878,8 @@ static void print_table(void)
            "ratio", "ratio of");
     for (size_t i = 0; i < nrows; i++) {
         const struct row *r = &rows[i];
+        if (i == 0 || strcmp(r->backend, rows[i - 1].backend) != 0)
+            printf("-- %s\n", r->backend);
         char mb[16] = "-", ratio[16] = "-";
         if (r->mb_s >= 0)
             snprintf(mb, sizeof mb, "%.1f", r->mb_s);
@@ -883,8 +893,19 @@ static void print_table(void)
 
 static const char *const modes[] = {"never", "interval", "always"};
 
+/* The disk's limits, measured again before each backend's cases: on a VM they drift as the
+ * host's cache fills and drains, and a backend is read against the limits of its moment. */
+static void measure_limits(struct bench *bn)
+{
+    bn->seq_mb_s = seq_write(false, "disk-seq-write");
+    seq_write(true, "disk-seq-write-fdatasync-1MiB");
+    bn->fsyncs_per_s = fsync_rate();
+}
+
 static void run_queue(struct bench *bn, const char *const *dirs)
 {
+    backend = "queue";
+    measure_limits(bn);
     struct wr_error err = {0};
     if (wr_broker_load_plugin(bn->b, "queue", NULL, dirs, WR_PLUGIN_STORAGE, NULL, &err))
         die("load plugin", err.msg);
@@ -899,6 +920,8 @@ static void run_queue(struct bench *bn, const char *const *dirs)
 
 static void run_log(struct bench *bn, const char *const *dirs)
 {
+    backend = "log";
+    measure_limits(bn);
     log_load(bn, dirs);
     for (size_t m = 0; m < 3; m++) {
         bench_log_append(bn, modes[m], 100);
@@ -933,8 +956,7 @@ int main(int argc, char **argv)
     }
     fprintf(stderr, "storage_bench: scratch directory %s\n", scratch);
 
-    static uint8_t chunk[MIB];
-    uint64_t x = 0x9e3779b97f4a7c15ull; /* incompressible, in case the disk compresses */
+    uint64_t x = 0x9e3779b97f4a7c15ull;
     for (size_t i = 0; i < MIB; i++) {
         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
         chunk[i] = (uint8_t)x;
@@ -942,9 +964,6 @@ int main(int argc, char **argv)
     memcpy(body, chunk, sizeof body);
 
     struct bench bn = {0};
-    bn.seq_mb_s = seq_write(chunk, false, "disk-seq-write");
-    seq_write(chunk, true, "disk-seq-write-fdatasync-1MiB");
-    bn.fsyncs_per_s = fsync_rate(chunk);
 
     struct wr_error err = {0};
     snprintf(bn.data_dir, sizeof bn.data_dir, "%s/data", scratch);
