@@ -75,7 +75,9 @@ static void storage_synced(void *data, int status)
     struct wr_sync *s = data;
     if (status != WR_OK && s->status == WR_OK)
         s->status = status;
-    if (--s->pending == 0) {
+    /* Finished from a deferred task, not here: the callback may close connections and with
+     * them queues, whose storage is still inside its own completion loop now. */
+    if (--s->pending == 0 && sync_defer(s) != WR_OK) {
         s->fired = true;
         sync_finish(s);
     }
