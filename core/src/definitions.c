@@ -29,7 +29,6 @@
 #define FILE_HEAD 8          /* magic, u32 version */
 #define REC_HEAD 12          /* u32 len, u32 CRC-32 of len's 4 bytes, u32 CRC-32 of payload */
 #define REC_MAX (64u << 20)  /* no definition comes near it; a longer length is damage */
-#define ABSENT UINT32_MAX    /* the length of an absent string */
 #define COMPACT_SLACK (64u << 10)
 
 enum rec_type {
@@ -100,17 +99,6 @@ static uint32_t crc32_of(const uint8_t *p, size_t n)
     return c ^ 0xFFFFFFFFu;
 }
 
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static void set32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
 static bool args_equal(const struct wr_table *a, const struct wr_table *b)
 {
     static const struct wr_table none = {0, NULL};
@@ -122,64 +110,41 @@ static bool args_equal(const struct wr_table *a, const struct wr_table *b)
 
 /* ---- records ------------------------------------------------------------------------ */
 
-static void put_u8(struct wr_bytes *o, uint8_t v)
-{
-    uint8_t *p = wr_bytes_grow(o, 1);
-    if (p)
-        *p = v;
-}
-
-static void put_u32(struct wr_bytes *o, uint32_t v)
-{
-    uint8_t *p = wr_bytes_grow(o, 4);
-    if (p)
-        set32(p, v);
-}
-
-static void put_i64(struct wr_bytes *o, int64_t v)
-{
-    put_u32(o, (uint32_t)((uint64_t)v & 0xFFFFFFFFu));
-    put_u32(o, (uint32_t)((uint64_t)v >> 32));
-}
-
+/* Names are NUL-terminated; NULL is absent (an optional dead-letter target). */
 static void put_str(struct wr_bytes *o, const char *s)
 {
-    size_t n = s ? strlen(s) : 0;
-    put_u32(o, s ? (uint32_t)n : ABSENT);
-    uint8_t *p = n ? wr_bytes_grow(o, n) : NULL;
-    if (p)
-        memcpy(p, s, n);
+    wr_bytes_str(o, s, s ? strlen(s) : 0);
 }
 
 static void rec_encode(struct wr_bytes *o, const struct rec *r)
 {
-    put_u8(o, r->type);
+    wr_bytes_u8(o, r->type);
     put_str(o, r->vhost);
     put_str(o, r->name);
     switch (r->type) {
     case REC_EXCHANGE:
         put_str(o, r->ex.type);
-        put_u8(o, (uint8_t)(r->ex.auto_delete | r->ex.internal << 1));
+        wr_bytes_u8(o, (uint8_t)(r->ex.auto_delete | r->ex.internal << 1));
         wr_table_encode(o, r->ex.args);
         break;
     case REC_QUEUE:
         put_str(o, r->q.storage);
-        put_u8(o, r->q.auto_delete);
-        put_i64(o, r->q.max_length);
-        put_i64(o, r->q.max_length_bytes);
-        put_u8(o, (uint8_t)r->q.overflow);
-        put_u32(o, r->q.partitions);
-        put_i64(o, r->q.message_ttl_ms);
-        put_i64(o, r->q.expires_ms);
+        wr_bytes_u8(o, r->q.auto_delete);
+        wr_bytes_u64(o, (uint64_t)r->q.max_length);
+        wr_bytes_u64(o, (uint64_t)r->q.max_length_bytes);
+        wr_bytes_u8(o, (uint8_t)r->q.overflow);
+        wr_bytes_u32(o, r->q.partitions);
+        wr_bytes_u64(o, (uint64_t)r->q.message_ttl_ms);
+        wr_bytes_u64(o, (uint64_t)r->q.expires_ms);
         put_str(o, r->q.dead_letter_exchange);
         put_str(o, r->q.dead_letter_routing_key);
-        put_u8(o, r->q.max_priority);
+        wr_bytes_u8(o, r->q.max_priority);
         wr_table_encode(o, r->q.args);
         wr_table_encode(o, r->q.options);
         break;
     case REC_BIND:
     case REC_UNBIND:
-        put_u8(o, r->to_exchange);
+        wr_bytes_u8(o, r->to_exchange);
         put_str(o, r->dest);
         put_str(o, r->key);
         wr_table_encode(o, r->args);
@@ -190,84 +155,53 @@ static void rec_encode(struct wr_bytes *o, const struct rec *r)
 }
 
 struct cursor {
-    const uint8_t *p, *end;
-    int status;                  /* WR_OK, or the first failure: WR_EPROTO, WR_ENOMEM */
+    struct wr_reader in;
+    bool oom;                    /* a failure is WR_ENOMEM rather than WR_EPROTO */
 };
 
-static const uint8_t *take(struct cursor *c, size_t n)
+/* Ends the read for lack of memory: in.err stops every later read. */
+static void out_of_memory(struct cursor *c)
 {
-    if (c->status != WR_OK || (size_t)(c->end - c->p) < n) {
-        if (c->status == WR_OK)
-            c->status = WR_EPROTO;
-        return NULL;
-    }
-    const uint8_t *at = c->p;
-    c->p += n;
-    return at;
-}
-
-static uint8_t get_u8(struct cursor *c)
-{
-    const uint8_t *p = take(c, 1);
-    return p ? *p : 0;
-}
-
-static uint32_t get_u32(struct cursor *c)
-{
-    const uint8_t *p = take(c, 4);
-    return p ? get32(p) : 0;
-}
-
-static int64_t get_i64(struct cursor *c)
-{
-    uint64_t lo = get_u32(c);
-    uint64_t hi = get_u32(c);
-    return (int64_t)(lo | hi << 32);
+    c->oom = true;
+    c->in.err = true;
 }
 
 /* A string the record owns; NULL when absent (then the caller checks may_be_absent). */
 static const char *get_str(struct cursor *c, struct rec *r, bool may_be_absent)
 {
-    uint32_t n = get_u32(c);
-    if (c->status != WR_OK)
-        return NULL;
-    if (n == ABSENT) {
+    struct wr_str in = wr_read_str(&c->in);
+    if (!in.ptr) {
         if (!may_be_absent)
-            c->status = WR_EPROTO;
+            c->in.err = true;
         return NULL;
     }
-    const uint8_t *p = take(c, n);
-    if (!p)
-        return NULL;
-    if (memchr(p, 0, n) || r->n_str == sizeof r->own_str / sizeof r->own_str[0]) {
-        c->status = WR_EPROTO; /* a name never holds NUL */
+    if (memchr(in.ptr, 0, in.len) || r->n_str == sizeof r->own_str / sizeof r->own_str[0]) {
+        c->in.err = true; /* a name never holds NUL */
         return NULL;
     }
-    char *s = malloc((size_t)n + 1);
+    char *s = malloc(in.len + 1);
     if (!s) {
-        c->status = WR_ENOMEM;
+        out_of_memory(c);
         return NULL;
     }
-    memcpy(s, p, n);
-    s[n] = '\0';
+    memcpy(s, in.ptr, in.len);
+    s[in.len] = '\0';
     r->own_str[r->n_str++] = s;
     return s;
 }
 
 static const struct wr_table *get_table(struct cursor *c, struct rec *r)
 {
-    if (c->status != WR_OK)
-        return NULL;
-    size_t used = 0;
     struct wr_table *t = NULL;
-    int rc = wr_table_decode(c->p, (size_t)(c->end - c->p), &used, &t);
-    if (rc != WR_OK || r->n_tab == sizeof r->own_tab / sizeof r->own_tab[0]) {
+    if (wr_read_table(&c->in, &t) == WR_ENOMEM)
+        out_of_memory(c);
+    if (t && r->n_tab == sizeof r->own_tab / sizeof r->own_tab[0]) {
         wr_table_free(t);
-        c->status = rc != WR_OK ? rc : WR_EPROTO;
+        c->in.err = true;
         return NULL;
     }
-    c->p += used;
-    r->own_tab[r->n_tab++] = t;
+    if (t)
+        r->own_tab[r->n_tab++] = t;
     return t;
 }
 
@@ -280,11 +214,12 @@ static void rec_free(struct rec *r)
     r->n_str = r->n_tab = 0;
 }
 
-/* Decodes a payload into r (rec_free releases it). WR_EPROTO for anything malformed. */
+/* Decodes a payload into r (rec_free releases it). WR_EPROTO for anything malformed, or
+ * WR_ENOMEM. */
 static int rec_decode(const uint8_t *p, size_t len, struct rec *r)
 {
-    struct cursor c = {p, p + len, WR_OK};
-    *r = (struct rec){.type = get_u8(&c)};
+    struct cursor c = {{p, p + len, false}, false};
+    *r = (struct rec){.type = wr_read_u8(&c.in)};
     r->vhost = get_str(&c, r, false);
     r->name = get_str(&c, r, false);
     switch (r->type) {
@@ -292,7 +227,7 @@ static int rec_decode(const uint8_t *p, size_t len, struct rec *r)
         r->ex.name = r->name;
         r->ex.type = get_str(&c, r, false);
         r->ex.durable = true;
-        uint8_t flags = get_u8(&c);
+        uint8_t flags = wr_read_u8(&c.in);
         r->ex.auto_delete = flags & 1;
         r->ex.internal = flags & 2;
         r->ex.args = get_table(&c, r);
@@ -301,25 +236,25 @@ static int rec_decode(const uint8_t *p, size_t len, struct rec *r)
         wr_queue_decl_init(&r->q, r->name);
         r->q.durable = true;
         r->q.storage = get_str(&c, r, false);
-        r->q.auto_delete = get_u8(&c) != 0;
-        r->q.max_length = get_i64(&c);
-        r->q.max_length_bytes = get_i64(&c);
-        uint8_t overflow = get_u8(&c);
-        if (overflow > WR_OVERFLOW_REJECT_PUBLISH && c.status == WR_OK)
-            c.status = WR_EPROTO;
+        r->q.auto_delete = wr_read_u8(&c.in) != 0;
+        r->q.max_length = (int64_t)wr_read_u64(&c.in);
+        r->q.max_length_bytes = (int64_t)wr_read_u64(&c.in);
+        uint8_t overflow = wr_read_u8(&c.in);
+        if (overflow > WR_OVERFLOW_REJECT_PUBLISH)
+            c.in.err = true;
         r->q.overflow = (enum wr_overflow)overflow;
-        r->q.partitions = get_u32(&c);
-        r->q.message_ttl_ms = get_i64(&c);
-        r->q.expires_ms = get_i64(&c);
+        r->q.partitions = wr_read_u32(&c.in);
+        r->q.message_ttl_ms = (int64_t)wr_read_u64(&c.in);
+        r->q.expires_ms = (int64_t)wr_read_u64(&c.in);
         r->q.dead_letter_exchange = get_str(&c, r, true);
         r->q.dead_letter_routing_key = get_str(&c, r, true);
-        r->q.max_priority = get_u8(&c);
+        r->q.max_priority = wr_read_u8(&c.in);
         r->q.args = get_table(&c, r);
         r->q.options = get_table(&c, r);
         break;
     case REC_BIND:
     case REC_UNBIND:
-        r->to_exchange = get_u8(&c) != 0;
+        r->to_exchange = wr_read_u8(&c.in) != 0;
         r->dest = get_str(&c, r, false);
         r->key = get_str(&c, r, false);
         r->args = get_table(&c, r);
@@ -328,14 +263,14 @@ static int rec_decode(const uint8_t *p, size_t len, struct rec *r)
     case REC_QUEUE_DELETE:
         break;
     default:
-        c.status = WR_EPROTO;
+        c.in.err = true;
         break;
     }
-    if (c.status == WR_OK && c.p != c.end)
-        c.status = WR_EPROTO; /* trailing bytes */
-    if (c.status != WR_OK)
+    if (c.in.p != c.in.end)
+        c.in.err = true; /* trailing bytes */
+    if (c.in.err)
         rec_free(r);
-    return c.status;
+    return c.oom ? WR_ENOMEM : c.in.err ? WR_EPROTO : WR_OK;
 }
 
 /* ---- the model ---------------------------------------------------------------------- */
@@ -651,9 +586,9 @@ static int make_dirs(const char *dir)
 
 static void record_head(uint8_t *head, const uint8_t *payload, size_t len)
 {
-    set32(head, (uint32_t)len);
-    set32(head + 4, crc32_of(head, 4));
-    set32(head + 8, crc32_of(payload, len));
+    wr_le32_put(head, (uint32_t)len);
+    wr_le32_put(head + 4, crc32_of(head, 4));
+    wr_le32_put(head + 8, crc32_of(payload, len));
 }
 
 /* Writes the model to a new file that replaces the old one (temp file, fdatasync, rename,
@@ -667,7 +602,7 @@ static int compact(struct definitions *d, struct wr_error *err)
     uint8_t *p = wr_bytes_grow(&out, FILE_HEAD);
     if (p) {
         memcpy(p, MAGIC, 4);
-        set32(p + 4, VERSION);
+        wr_le32_put(p + 4, VERSION);
     }
     for (size_t i = 0; i < n && (p = wr_bytes_grow(&out, REC_HEAD + all[i]->len)); i++) {
         record_head(p, all[i]->payload, all[i]->len);
@@ -792,13 +727,13 @@ static int append(struct definitions *d, const struct rec *r, struct wr_error *e
 /* Does a whole, intact record start at off? *len gets its payload length. */
 static bool intact_at(const uint8_t *buf, size_t size, size_t off, size_t *len)
 {
-    if (size - off < REC_HEAD || crc32_of(buf + off, 4) != get32(buf + off + 4))
+    if (size - off < REC_HEAD || crc32_of(buf + off, 4) != wr_le32_get(buf + off + 4))
         return false;
-    uint32_t n = get32(buf + off);
+    uint32_t n = wr_le32_get(buf + off);
     if (n > REC_MAX || size - off - REC_HEAD < n)
         return false;
     *len = n;
-    return crc32_of(buf + off + REC_HEAD, n) == get32(buf + off + 8);
+    return crc32_of(buf + off + REC_HEAD, n) == wr_le32_get(buf + off + 8);
 }
 
 static int read_file(const char *path, uint8_t **out, size_t *size, struct wr_error *err)
@@ -844,7 +779,7 @@ static int replay(struct definitions *d, const uint8_t *buf, size_t size, struct
                             "%s is not a warren definitions file (no '" MAGIC "' header); "
                             "start-up stops and the file is left as it is",
                             d->path);
-    uint32_t version = get32(buf + 4);
+    uint32_t version = wr_le32_get(buf + 4);
     if (version != VERSION)
         return wr_error_set(err, WR_EPROTO,
                             "%s has format version %u, and this warren reads version %u%s; "

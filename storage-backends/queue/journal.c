@@ -27,24 +27,12 @@ uint32_t qj_crc(const uint8_t *p, size_t len)
 
 uint32_t qj_get32(const uint8_t *p)
 {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    return wr_le32_get(p);
 }
 
 uint64_t qj_get64(const uint8_t *p)
 {
-    return (uint64_t)qj_get32(p) | (uint64_t)qj_get32(p + 4) << 32;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    put32(p, (uint32_t)v);
-    put32(p + 4, (uint32_t)(v >> 32));
+    return wr_le64_get(p);
 }
 
 /* ---- header ---------------------------------------------------------------------------- */
@@ -52,8 +40,8 @@ static void put64(uint8_t *p, uint64_t v)
 void qj_header_encode(uint8_t out[QJ_HEADER_SIZE], uint64_t first_seq)
 {
     memcpy(out, QJ_MAGIC, 4);
-    put32(out + 4, QJ_VERSION);
-    put64(out + 8, first_seq);
+    wr_le32_put(out + 4, QJ_VERSION);
+    wr_le64_put(out + 8, first_seq);
 }
 
 int qj_header_check(const uint8_t in[QJ_HEADER_SIZE], const char *path, uint64_t *first_seq,
@@ -63,30 +51,16 @@ int qj_header_check(const uint8_t in[QJ_HEADER_SIZE], const char *path, uint64_t
         return wr_error_set(err, WR_EPROTO,
                             "queue storage: %s is not a queue journal segment (bad magic); "
                             "move it out of the queue's directory", path);
-    uint32_t version = qj_get32(in + 4);
+    uint32_t version = wr_le32_get(in + 4);
     if (version != QJ_VERSION)
         return wr_error_set(err, WR_EPROTO,
                             "queue storage: %s has journal format version %u, this build reads "
                             "version %u; use a matching warren", path, version, QJ_VERSION);
-    *first_seq = qj_get64(in + 8);
+    *first_seq = wr_le64_get(in + 8);
     return WR_OK;
 }
 
 /* ---- encoding -------------------------------------------------------------------------- */
-
-static void out_u8(struct wr_bytes *o, uint8_t v)
-{
-    uint8_t *p = wr_bytes_grow(o, 1);
-    if (p)
-        *p = v;
-}
-
-static void out_u64(struct wr_bytes *o, uint64_t v)
-{
-    uint8_t *p = wr_bytes_grow(o, 8);
-    if (p)
-        put64(p, v);
-}
 
 /* Fills in len and crc of the record that o holds. */
 static int out_finish(struct wr_bytes *o)
@@ -96,8 +70,8 @@ static int out_finish(struct wr_bytes *o)
     size_t len = o->len - QJ_RECORD_HEAD;
     if (len > QJ_MAX_PAYLOAD)
         return WR_ELIMIT;
-    put32(o->p + 4, (uint32_t)len);
-    put32(o->p, qj_crc(o->p + 4, o->len - 4));
+    wr_le32_put(o->p + 4, (uint32_t)len);
+    wr_le32_put(o->p, qj_crc(o->p + 4, o->len - 4));
     return WR_OK;
 }
 
@@ -106,7 +80,7 @@ static void out_start(struct wr_bytes *o, enum qj_type type)
     o->len = 0;
     o->oom = false;
     wr_bytes_grow(o, 8);
-    out_u8(o, (uint8_t)type);
+    wr_bytes_u8(o, (uint8_t)type);
 }
 
 int qj_encode_enqueue(struct wr_bytes *o, uint64_t seq, const struct wr_msg *msg)
@@ -115,10 +89,10 @@ int qj_encode_enqueue(struct wr_bytes *o, uint64_t seq, const struct wr_msg *msg
         return WR_ELIMIT;
     const struct wr_props *pr = &msg->props;
     out_start(o, QJ_ENQUEUE);
-    out_u64(o, seq);
-    out_u64(o, msg->body.len);
-    out_u8(o, (pr->flags & WR_PROP_PRIORITY) != 0);
-    out_u8(o, pr->priority);
+    wr_bytes_u64(o, seq);
+    wr_bytes_u64(o, msg->body.len);
+    wr_bytes_u8(o, (pr->flags & WR_PROP_PRIORITY) != 0);
+    wr_bytes_u8(o, pr->priority);
     wr_msg_meta_encode(o, msg);
     size_t body_len = 0;
     const uint8_t *body = wr_msg_body(msg, &body_len);
@@ -131,7 +105,7 @@ int qj_encode_enqueue(struct wr_bytes *o, uint64_t seq, const struct wr_msg *msg
 int qj_encode_ack(struct wr_bytes *o, uint64_t seq)
 {
     out_start(o, QJ_ACK);
-    out_u64(o, seq);
+    wr_bytes_u64(o, seq);
     return out_finish(o);
 }
 
@@ -139,15 +113,15 @@ int qj_encode_ack(struct wr_bytes *o, uint64_t seq)
 
 bool qj_record_ok(const uint8_t *rec, uint32_t len)
 {
-    return qj_get32(rec + 4) == len && qj_crc(rec + 4, (size_t)len + 5) == qj_get32(rec);
+    return wr_le32_get(rec + 4) == len && qj_crc(rec + 4, (size_t)len + 5) == wr_le32_get(rec);
 }
 
 bool qj_enqueue_info(const uint8_t *payload, uint32_t len, struct qj_enqueue_info *out)
 {
     if (len < QJ_ENQUEUE_PREFIX)
         return false;
-    out->seq = qj_get64(payload);
-    out->body_len = qj_get64(payload + 8);
+    out->seq = wr_le64_get(payload);
+    out->body_len = wr_le64_get(payload + 8);
     out->has_priority = payload[16] != 0;
     out->priority = payload[17];
     return out->body_len <= len - QJ_ENQUEUE_PREFIX;
@@ -156,7 +130,7 @@ bool qj_enqueue_info(const uint8_t *payload, uint32_t len, struct qj_enqueue_inf
 int qj_decode_msg(struct wr_buf *buf, size_t off, struct wr_msg **out, struct wr_error *err)
 {
     const uint8_t *rec = buf->data + off;
-    uint32_t len = qj_get32(rec + 4);
+    uint32_t len = wr_le32_get(rec + 4);
     struct qj_enqueue_info info;
     if (rec[8] != QJ_ENQUEUE || !qj_enqueue_info(rec + QJ_RECORD_HEAD, len, &info))
         return wr_error_set(err, WR_EPROTO, "queue storage: not an enqueue record");

@@ -415,13 +415,11 @@ Test(storage_log, a_slice_goes_out_by_sendfile_as_kafka_batches)
     uint64_t want_base[] = {0, 3};
     for (int b = 0; b < 2; b++) {
         const uint8_t *batch = got + pos;
-        uint32_t blen = (uint32_t)(batch[8] << 24 | batch[9] << 16 | batch[10] << 8 |
-                                   batch[11]);
+        uint32_t blen = (uint32_t)get_be64(batch + 4) & 0xFFFFFFFFu; /* bytes 8..11 */
         cr_assert_eq(12 + (size_t)blen, klen[b]);
         cr_assert_eq(get_be64(batch), want_base[b]);
         cr_assert_eq(batch[16], 2, "magic");
-        uint32_t crc = (uint32_t)(batch[17] << 24 | batch[18] << 16 | batch[19] << 8 |
-                                  batch[20]);
+        uint32_t crc = (uint32_t)get_be64(batch + 13) & 0xFFFFFFFFu; /* bytes 17..20 */
         cr_assert_eq(crc32c(batch + 21, klen[b] - 21), crc);
         cr_assert_arr_eq(batch, kept[b], klen[b]);
         pos += klen[b];

@@ -113,7 +113,6 @@ WR_API bool wr_table_get_bool(const struct wr_table *t, const char *name, bool *
 WR_API bool wr_table_get_str(const struct wr_table *t, const char *name, const char **ptr,
                              size_t *len);
 
-/* An array owned by the caller; wr_array_add appends a deep copy. */
 /* A growing byte buffer for encoders. Appends that fail for memory set oom and do nothing,
  * so an encoder checks once at the end. Start from {0}; release with wr_bytes_free. */
 struct wr_bytes {
@@ -128,12 +127,111 @@ struct wr_bytes {
 WR_API uint8_t *wr_bytes_grow(struct wr_bytes *b, size_t n);
 WR_API void wr_bytes_free(struct wr_bytes *b);
 
-/* A table as bytes and back, every value type kept (nested tables and arrays included): the
- * encoding durable files use (docs/storage.md). Decoding trusts nothing: WR_EPROTO for
- * malformed bytes or nesting deeper than 64, WR_ENOMEM; *used gets the bytes read. */
-WR_API void wr_table_encode(struct wr_bytes *out, const struct wr_table *t);
-WR_API int wr_table_decode(const uint8_t *p, size_t len, size_t *used, struct wr_table **out);
+/* The integers of durable files are little-endian (docs/storage.md, "The shared encodings").
+ * These read and write one at p, which must hold 4 or 8 bytes. Inline: the journal writes
+ * a few of them for every persistent message. */
+static inline uint32_t wr_le32_get(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
 
+static inline uint64_t wr_le64_get(const uint8_t *p)
+{
+    return (uint64_t)wr_le32_get(p) | (uint64_t)wr_le32_get(p + 4) << 32;
+}
+
+static inline void wr_le32_put(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline void wr_le64_put(uint8_t *p, uint64_t v)
+{
+    wr_le32_put(p, (uint32_t)v);
+    wr_le32_put(p + 4, (uint32_t)(v >> 32));
+}
+
+/* Appenders; like wr_bytes_grow they set oom and do nothing when memory runs out. */
+static inline void wr_bytes_u8(struct wr_bytes *b, uint8_t v)
+{
+    uint8_t *p = wr_bytes_grow(b, 1);
+    if (p)
+        *p = v;
+}
+
+static inline void wr_bytes_u32(struct wr_bytes *b, uint32_t v)
+{
+    uint8_t *p = wr_bytes_grow(b, 4);
+    if (p)
+        wr_le32_put(p, v);
+}
+
+static inline void wr_bytes_u64(struct wr_bytes *b, uint64_t v)
+{
+    uint8_t *p = wr_bytes_grow(b, 8);
+    if (p)
+        wr_le64_put(p, v);
+}
+
+/* A string: u32 length and the bytes; ptr NULL is absent, written as length 0xFFFFFFFF
+ * (WR_STR_ABSENT). A string that long cannot be described: oom is set. */
+#define WR_STR_ABSENT UINT32_MAX
+WR_API void wr_bytes_str(struct wr_bytes *b, const void *ptr, size_t len);
+
+/* A table as bytes, every value type kept (nested tables and arrays included): the encoding
+ * durable files use (docs/storage.md). Read it back with wr_read_table. */
+WR_API void wr_table_encode(struct wr_bytes *out, const struct wr_table *t);
+
+/* A bounds-checked reader over [p, end): the first read that would pass end sets err, and
+ * that read and every later one return zero or NULL, so a decoder checks err once at the end.
+ * Nothing outside [p, end) is ever read. Start it as {p, p + len, false}. */
+struct wr_reader {
+    const uint8_t *p, *end;
+    bool err;
+};
+
+/* The next n bytes (borrowed from the input), or NULL with err set. */
+static inline const uint8_t *wr_read_bytes(struct wr_reader *r, size_t n)
+{
+    if (r->err || (size_t)(r->end - r->p) < n) {
+        r->err = true;
+        return NULL;
+    }
+    const uint8_t *at = r->p;
+    r->p += n;
+    return at;
+}
+
+static inline uint8_t wr_read_u8(struct wr_reader *r)
+{
+    const uint8_t *p = wr_read_bytes(r, 1);
+    return p ? *p : 0;
+}
+
+static inline uint32_t wr_read_u32(struct wr_reader *r)
+{
+    const uint8_t *p = wr_read_bytes(r, 4);
+    return p ? wr_le32_get(p) : 0;
+}
+
+static inline uint64_t wr_read_u64(struct wr_reader *r)
+{
+    const uint8_t *p = wr_read_bytes(r, 8);
+    return p ? wr_le64_get(p) : 0;
+}
+
+/* A string wr_bytes_str wrote, borrowed from the input; ptr NULL when it is absent or err is
+ * set (tell them apart by err). struct wr_str is msg.h's. */
+struct wr_str;
+WR_API struct wr_str wr_read_str(struct wr_reader *r);
+
+/* A table wr_table_encode wrote, owned by the caller (wr_table_free). Trusts nothing: an
+ * unknown value type, a short read, or nesting deeper than 64 is WR_EPROTO; memory is
+ * WR_ENOMEM. On either err is set too and *out is NULL. */
+WR_API int wr_read_table(struct wr_reader *r, struct wr_table **out);
+
+/* An array owned by the caller; wr_array_add appends a deep copy. */
 WR_API struct wr_array *wr_array_new(void);
 WR_API void wr_array_free(struct wr_array *a);
 WR_API int wr_array_add(struct wr_array *a, const struct wr_value *v);
