@@ -101,11 +101,6 @@ struct wr_exchange {
     uint64_t mark;
 };
 
-struct tagset {                  /* open-addressing set of unacked tags; 0 is never a tag */
-    uint64_t *slots;
-    size_t cap, count;
-};
-
 struct wr_consumer {
     struct wr_queue *q;
     const struct wr_consumer_ops *ops;
@@ -114,7 +109,7 @@ struct wr_consumer {
     bool no_ack, exclusive;
     bool cancelled;              /* cancelled inside its own deliver: freed after it */
     int32_t priority;            /* x-priority */
-    struct tagset unacked;
+    struct wr_idtable unacked;   /* the tags it holds unacked, as bare uint64_t keys */
     uint64_t offset;             /* log queues: the next offset this consumer reads */
 };
 

@@ -17,66 +17,6 @@
 
 #include "broker_int.h"
 
-/* ---- tag sets ----------------------------------------------------------------------- */
-
-static uint64_t tag_mix(uint64_t t)
-{
-    t ^= t >> 31;
-    t *= 0x7fb5d329728ea185ULL;
-    t ^= t >> 27;
-    return t;
-}
-
-static size_t tagset_find(const struct tagset *s, uint64_t tag)
-{
-    size_t mask = s->cap - 1;
-    size_t i = tag_mix(tag) & mask;
-    while (s->slots[i] && s->slots[i] != tag)
-        i = (i + 1) & mask;
-    return i;
-}
-
-static bool tagset_add(struct tagset *s, uint64_t tag)
-{
-    if ((s->count + 1) * 2 > s->cap) {
-        struct tagset n = {calloc(s->cap ? s->cap * 2 : 16, sizeof(uint64_t)),
-                           s->cap ? s->cap * 2 : 16, 0};
-        if (!n.slots)
-            return false;
-        for (size_t i = 0; i < s->cap; i++)
-            if (s->slots[i])
-                n.slots[tagset_find(&n, s->slots[i])] = s->slots[i], n.count++;
-        free(s->slots);
-        *s = n;
-    }
-    size_t i = tagset_find(s, tag);
-    if (!s->slots[i])
-        s->count++;
-    s->slots[i] = tag;
-    return true;
-}
-
-static bool tagset_del(struct tagset *s, uint64_t tag)
-{
-    if (!s->cap)
-        return false;
-    size_t mask = s->cap - 1;
-    size_t i = tagset_find(s, tag);
-    if (!s->slots[i])
-        return false;
-    /* Backward-shift deletion, as in map.c. */
-    for (size_t j = (i + 1) & mask; s->slots[j]; j = (j + 1) & mask) {
-        size_t home = tag_mix(s->slots[j]) & mask;
-        if (((j - home) & mask) >= ((j - i) & mask)) {
-            s->slots[i] = s->slots[j];
-            i = j;
-        }
-    }
-    s->slots[i] = 0;
-    s->count--;
-    return true;
-}
-
 /* ---- queues ------------------------------------------------------------------------- */
 
 static void queue_destroy(struct wr_queue *q);
@@ -120,6 +60,15 @@ static void storage_dropped(void *owner, struct wr_msg *msg)
     dead_letter(owner, msg, "maxlen");
 }
 
+/* A 64-bit mixer (splitmix's finalizer shape): successive counters give unrelated bits. */
+static uint64_t mix64(uint64_t t)
+{
+    t ^= t >> 31;
+    t *= 0x7fb5d329728ea185ULL;
+    t ^= t >> 27;
+    return t;
+}
+
 /* "amq.gen-" and 22 URL-safe base64 characters of randomness, as RabbitMQ names them. */
 static void gen_name(char out[32])
 {
@@ -129,7 +78,7 @@ static void gen_name(char out[32])
     if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
         static uint64_t counter;
         for (size_t i = 0; i < sizeof rnd; i++)
-            rnd[i] = (unsigned char)(tag_mix(++counter) >> 8);
+            rnd[i] = (unsigned char)(mix64(++counter) >> 8);
     }
     memcpy(out, "amq.gen-", 8);
     for (size_t i = 0; i < sizeof rnd; i++)
@@ -350,7 +299,7 @@ void wr_queue_unref(struct wr_queue *q)
 
 static void consumer_free(struct wr_consumer *c)
 {
-    free(c->unacked.slots);
+    wr_idtable_fini(&c->unacked);
     free(c);
 }
 
@@ -691,7 +640,7 @@ static bool log_serve(struct wr_queue *q, struct wr_consumer *c)
         size_t k = 0;
         for (; k < n && !q->deleted && !c->cancelled && consumer_can_take(c); k++) {
             uint64_t tag = got[k].offset + 1; /* 0 is never a tag */
-            if (!c->no_ack && !tagset_add(&c->unacked, tag)) {
+            if (!c->no_ack && !wr_idtable_put(&c->unacked, tag)) {
                 wr_log(WR_LOG_ERROR, "queue", "out of memory tracking a delivery on '%s'",
                        q->name);
                 break;
@@ -737,7 +686,7 @@ static void queue_dispatch(struct wr_queue *q)
         if (q->ops->next(q->state, &st) != WR_OK)
             break;
         q->rr = (at + 1) % q->n_consumers;
-        if (!c->no_ack && !tagset_add(&c->unacked, st.tag)) {
+        if (!c->no_ack && !wr_idtable_put(&c->unacked, st.tag)) {
             wr_log(WR_LOG_ERROR, "queue", "out of memory tracking a delivery on '%s'",
                    q->name);
             q->ops->requeue(q->state, st.tag);
@@ -858,6 +807,7 @@ int wr_queue_consume(struct wr_queue *q, const struct wr_consumer_ops *ops,
     if (!c)
         return wr_error_set(err, WR_ENOMEM, "out of memory adding a consumer");
     c->q = q;
+    wr_idtable_init(&c->unacked, sizeof(uint64_t));
     c->ops = ops;
     c->data = data;
     c->prefetch = args->prefetch;
@@ -918,9 +868,11 @@ static int settle(struct wr_queue *q, uint64_t tag, bool ack, bool requeue,
 static int consumer_settle(struct wr_consumer *c, uint64_t tag, bool ack, bool requeue,
                            struct wr_error *err)
 {
-    if (!tagset_del(&c->unacked, tag))
+    uint64_t *held = wr_idtable_find(&c->unacked, tag);
+    if (!held)
         return wr_error_set(err, WR_ENOTFOUND, "unknown delivery tag %llu for this consumer",
                             (unsigned long long)tag);
+    wr_idtable_del(&c->unacked, held);
     return settle(c->q, tag, ack, requeue, err);
 }
 
@@ -950,9 +902,9 @@ void wr_consumer_cancel(struct wr_consumer *c, bool requeue_unacked)
         break;
     }
     if (requeue_unacked && !q->deleted && !q->log) {
-        for (size_t i = 0; i < c->unacked.cap; i++)
-            if (c->unacked.slots[i])
-                q->ops->requeue(q->state, c->unacked.slots[i]);
+        uint64_t *tag;
+        for (size_t i = 0; (tag = wr_idtable_next(&c->unacked, &i));)
+            q->ops->requeue(q->state, *tag);
     }
     if (q->delivering == c)
         c->cancelled = true;

@@ -12,8 +12,8 @@
  * RabbitMQ.
  *
  * The ready and unacked bookkeeping is memory.c's: sequence numbers are delivery tags, one
- * ready ring per priority level with requeues at their original place, an open-addressing
- * table for the unacked set, limits counted on ready messages, drop-head or reject-publish.
+ * ready ring per priority level with requeues at their original place, an id table for the
+ * unacked set (container.h), limits counted on ready messages, drop-head or reject-publish.
  *
  * Segments roll at segment_size. A segment goes when it is not the active one, all its
  * messages are acked, and no older segment still exists that holds a message one of its ack
@@ -41,7 +41,6 @@
 
 #include "journal.h"
 
-#define QE_MIN_CAP 16
 #define QE_DEFAULT_SEGMENT_SIZE (64ull << 20)
 #define QE_SEGMENT_SUFFIX ".seg"
 #define QE_READ_CHUNK (1u << 20)
@@ -59,12 +58,9 @@ struct qe_entry {
     bool redelivered;
 };
 
-struct qe_ring {
-    struct qe_entry *entries;
-    size_t head;
-    size_t count;
-    size_t out; /* unacked messages of this level: room kept for their requeue */
-    size_t cap; /* a power of two, or 0; >= count + out */
+struct qe_level {
+    struct wr_ring ready; /* struct qe_entry, in sequence order */
+    size_t out;           /* unacked messages of this level: room kept for their requeue */
 };
 
 struct qe_seg {
@@ -89,9 +85,7 @@ struct qe_queue {
     uint64_t ready_bytes;
     size_t top;
 
-    struct qe_entry *slots;  /* unacked by seq; seq 0 marks an empty slot */
-    size_t scap;
-    size_t sused;
+    struct wr_idtable unacked; /* struct qe_entry, by seq */
 
     struct wr_msg *head_msg; /* the decoded head, or NULL */
     uint64_t head_seq;
@@ -111,37 +105,10 @@ struct qe_queue {
     void *owner;
 
     uint8_t max_priority;
-    struct qe_ring levels[];
+    struct qe_level levels[];
 };
 
 /* ---- the ready rings (as memory.c) ------------------------------------------------------ */
-
-static struct qe_entry *qe_at(struct qe_ring *r, size_t i)
-{
-    return &r->entries[(r->head + i) & (r->cap - 1)];
-}
-
-static int qe_reserve(struct qe_ring *r, size_t n)
-{
-    if (n <= r->cap)
-        return WR_OK;
-    size_t cap = r->cap ? r->cap : QE_MIN_CAP;
-    while (cap < n) {
-        if (cap > SIZE_MAX / 2 / sizeof(struct qe_entry))
-            return WR_ENOMEM;
-        cap *= 2;
-    }
-    struct qe_entry *entries = malloc(cap * sizeof(*entries));
-    if (!entries)
-        return WR_ENOMEM;
-    for (size_t i = 0; i < r->count; i++)
-        entries[i] = *qe_at(r, i);
-    free(r->entries);
-    r->entries = entries;
-    r->head = 0;
-    r->cap = cap;
-    return WR_OK;
-}
 
 static uint8_t qe_level(const struct qe_queue *q, bool has_priority, uint8_t priority)
 {
@@ -150,18 +117,17 @@ static uint8_t qe_level(const struct qe_queue *q, bool has_priority, uint8_t pri
     return priority < q->max_priority ? priority : q->max_priority;
 }
 
-static struct qe_ring *qe_head_ring(struct qe_queue *q)
+static struct qe_level *qe_head_level(struct qe_queue *q)
 {
-    while (q->top > 0 && q->levels[q->top].count == 0)
+    while (q->top > 0 && q->levels[q->top].ready.count == 0)
         q->top--;
     return &q->levels[q->top];
 }
 
-static struct qe_entry qe_pop_head(struct qe_queue *q, struct qe_ring *r)
+static struct qe_entry qe_pop_head(struct qe_queue *q, struct qe_level *l)
 {
-    struct qe_entry e = r->entries[r->head];
-    r->head = (r->head + 1) & (r->cap - 1);
-    r->count--;
+    struct qe_entry e = *(struct qe_entry *)wr_ring_at(&l->ready, 0);
+    wr_ring_pop_front(&l->ready);
     q->count--;
     q->ready_bytes -= e.body_len;
     return e;
@@ -170,90 +136,12 @@ static struct qe_entry qe_pop_head(struct qe_queue *q, struct qe_ring *r)
 /* Inserts e among the ready messages of its ring by sequence number; room was reserved. */
 static void qe_insert(struct qe_queue *q, struct qe_entry e)
 {
-    struct qe_ring *r = &q->levels[e.level];
-    size_t lo = 0, hi = r->count;
-    if (r->count > 0 && e.seq > qe_at(r, r->count - 1)->seq)
-        lo = r->count;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (qe_at(r, mid)->seq < e.seq)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    if (lo < r->count - lo) {
-        r->head = (r->head - 1) & (r->cap - 1);
-        for (size_t i = 0; i < lo; i++)
-            *qe_at(r, i) = *qe_at(r, i + 1);
-    } else {
-        for (size_t i = r->count; i > lo; i--)
-            *qe_at(r, i) = *qe_at(r, i - 1);
-    }
-    *qe_at(r, lo) = e;
-    r->count++;
+    struct qe_entry *at = wr_ring_insert_ordered(&q->levels[e.level].ready, e.seq);
+    *at = e;
     q->count++;
     q->ready_bytes += e.body_len;
     if (e.level > q->top)
         q->top = e.level;
-}
-
-/* ---- the unacked table (as memory.c) ---------------------------------------------------- */
-
-static size_t qe_hash(uint64_t seq, size_t cap)
-{
-    return (size_t)((seq * UINT64_C(0x9E3779B97F4A7C15)) >> 32) & (cap - 1);
-}
-
-static void qe_slot_put(struct qe_entry *slots, size_t cap, struct qe_entry e)
-{
-    size_t i = qe_hash(e.seq, cap);
-    while (slots[i].seq)
-        i = (i + 1) & (cap - 1);
-    slots[i] = e;
-}
-
-static int qe_slots_reserve(struct qe_queue *q)
-{
-    if ((q->sused + 1) * 4 <= q->scap * 3)
-        return WR_OK;
-    size_t cap = q->scap ? q->scap * 2 : QE_MIN_CAP;
-    struct qe_entry *slots = calloc(cap, sizeof(*slots));
-    if (!slots)
-        return WR_ENOMEM;
-    for (size_t i = 0; i < q->scap; i++)
-        if (q->slots[i].seq)
-            qe_slot_put(slots, cap, q->slots[i]);
-    free(q->slots);
-    q->slots = slots;
-    q->scap = cap;
-    return WR_OK;
-}
-
-static struct qe_entry *qe_slot_find(struct qe_queue *q, uint64_t seq)
-{
-    if (seq == 0 || q->scap == 0)
-        return NULL;
-    for (size_t i = qe_hash(seq, q->scap);; i = (i + 1) & (q->scap - 1)) {
-        if (q->slots[i].seq == seq)
-            return &q->slots[i];
-        if (!q->slots[i].seq)
-            return NULL;
-    }
-}
-
-static void qe_slot_del(struct qe_queue *q, struct qe_entry *s)
-{
-    size_t mask = q->scap - 1;
-    size_t hole = (size_t)(s - q->slots);
-    for (size_t i = (hole + 1) & mask; q->slots[i].seq; i = (i + 1) & mask) {
-        size_t home = qe_hash(q->slots[i].seq, q->scap);
-        if (((i - home) & mask) >= ((i - hole) & mask)) {
-            q->slots[hole] = q->slots[i];
-            hole = i;
-        }
-    }
-    q->slots[hole] = (struct qe_entry){0};
-    q->sused--;
 }
 
 /* ---- segments --------------------------------------------------------------------------- */
@@ -453,9 +341,9 @@ static struct wr_msg *qe_msg_of(struct qe_queue *q, const struct qe_entry *e)
 static bool qe_pop_msg(struct qe_queue *q, struct qe_entry *out)
 {
     while (q->count > 0) {
-        struct qe_ring *r = qe_head_ring(q);
-        struct wr_msg *msg = qe_msg_of(q, qe_at(r, 0));
-        struct qe_entry e = qe_pop_head(q, r);
+        struct qe_level *l = qe_head_level(q);
+        struct wr_msg *msg = qe_msg_of(q, wr_ring_at(&l->ready, 0));
+        struct qe_entry e = qe_pop_head(q, l);
         if (msg && !e.msg) { /* the cache's reference goes with it */
             q->head_msg = NULL;
             q->head_seq = 0;
@@ -560,32 +448,32 @@ static int qe_replay(struct qe_queue *q, struct qe_seg *s, const char *path, uin
         const uint8_t *payload = rec + QJ_RECORD_HEAD;
         struct qj_enqueue_info info;
         if (rec[8] == QJ_ENQUEUE && qj_enqueue_info(payload, len, &info) && info.seq) {
-            if (qe_slot_find(q, info.seq) || qe_slots_reserve(q) != WR_OK) {
+            struct qe_entry *e = wr_idtable_find(&q->unacked, info.seq)
+                                     ? NULL : wr_idtable_put(&q->unacked, info.seq);
+            if (!e) {
                 rc = wr_error_set(err, WR_EPROTO, "queue storage: %s offset %llu: message %llu "
                                   "appears twice (or out of memory)", path,
                                   (unsigned long long)off, (unsigned long long)info.seq);
                 break;
             }
-            struct qe_entry e = {
+            *e = (struct qe_entry){
                 .seq = info.seq, .off = off, .body_len = info.body_len, .seg = s->id,
                 .rec_len = QJ_RECORD_HEAD + len, .redelivered = true,
                 .level = qe_level(q, info.has_priority, info.priority),
             };
-            qe_slot_put(q->slots, q->scap, e);
-            q->sused++;
             s->live++;
             if (info.seq > *max_seq)
                 *max_seq = info.seq;
         } else if (rec[8] == QJ_ACK && len == 8) {
             uint64_t seq = qj_get64(payload);
-            struct qe_entry *e = qe_slot_find(q, seq);
+            struct qe_entry *e = wr_idtable_find(&q->unacked, seq);
             if (e) {
                 struct qe_seg *of = qe_seg_find(q, e->seg);
                 if (of)
                     of->live--;
                 if (e->seg < s->min_ref)
                     s->min_ref = e->seg;
-                qe_slot_del(q, e);
+                wr_idtable_del(&q->unacked, e);
             }
             if (seq > *max_seq)
                 *max_seq = seq;
@@ -611,27 +499,26 @@ static int qe_cmp_seq(const void *a, const void *b)
 /* Moves the live messages found by replay from the table to the ready rings, in order. */
 static int qe_recover_ready(struct qe_queue *q)
 {
-    if (q->sused == 0)
+    if (q->unacked.count == 0)
         return WR_OK;
-    struct qe_entry *all = malloc(q->sused * sizeof *all);
+    struct qe_entry *all = malloc(q->unacked.count * sizeof *all);
     if (!all)
         return WR_ENOMEM;
     size_t n = 0;
-    for (size_t i = 0; i < q->scap; i++)
-        if (q->slots[i].seq)
-            all[n++] = q->slots[i];
+    struct qe_entry *e;
+    for (size_t i = 0; (e = wr_idtable_next(&q->unacked, &i));)
+        all[n++] = *e;
     qsort(all, n, sizeof *all, qe_cmp_seq);
     for (size_t i = 0; i < n; i++) {
-        struct qe_ring *r = &q->levels[all[i].level];
-        if (qe_reserve(r, r->count + 1) != WR_OK) {
+        struct wr_ring *r = &q->levels[all[i].level].ready;
+        if (wr_ring_reserve(r, r->count + 1) != WR_OK) {
             free(all);
             return WR_ENOMEM;
         }
         qe_insert(q, all[i]);
     }
     free(all);
-    memset(q->slots, 0, q->scap * sizeof *q->slots);
-    q->sused = 0;
+    wr_idtable_fini(&q->unacked);
     return WR_OK;
 }
 
@@ -823,9 +710,12 @@ static int qe_open(struct wr_plugin_ctx *ctx, const struct wr_storage_args *args
         return wr_error_set(err, WR_EINVAL, "queue storage: unknown overflow mode %d",
                             (int)args->overflow);
     size_t n_levels = (size_t)args->max_priority + 1;
-    struct qe_queue *q = calloc(1, sizeof(*q) + n_levels * sizeof(struct qe_ring));
+    struct qe_queue *q = calloc(1, sizeof(*q) + n_levels * sizeof(struct qe_level));
     if (!q)
         return wr_error_set(err, WR_ENOMEM, "queue storage: out of memory");
+    for (size_t p = 0; p < n_levels; p++)
+        wr_ring_init(&q->levels[p].ready, sizeof(struct qe_entry));
+    wr_idtable_init(&q->unacked, sizeof(struct qe_entry));
     q->ctx = ctx;
     q->lp = wr_plugin_ctx_loop(ctx);
     q->journaled = args->durable;
@@ -867,15 +757,15 @@ static void qe_close(void *state)
         return;
     wr_fsync_free(q->fsync); /* syncs what is left and calls back every pending sync() */
     for (size_t p = 0; p <= q->max_priority; p++) {
-        struct qe_ring *r = &q->levels[p];
+        struct wr_ring *r = &q->levels[p].ready;
         for (size_t i = 0; i < r->count; i++)
-            wr_msg_unref(qe_at(r, i)->msg);
-        free(r->entries);
+            wr_msg_unref(((struct qe_entry *)wr_ring_at(r, i))->msg);
+        wr_ring_fini(r);
     }
-    for (size_t i = 0; i < q->scap; i++)
-        if (q->slots[i].seq)
-            wr_msg_unref(q->slots[i].msg);
-    free(q->slots);
+    struct qe_entry *e;
+    for (size_t i = 0; (e = wr_idtable_next(&q->unacked, &i));)
+        wr_msg_unref(e->msg);
+    wr_idtable_fini(&q->unacked);
     wr_msg_unref(q->head_msg);
     for (size_t i = 0; i < q->nsegs; i++)
         close(q->segs[i].fd);
@@ -910,10 +800,11 @@ static int qe_enqueue(void *state, struct wr_msg *msg, struct wr_error *err)
         .body_len = len,
         .level = qe_level(q, has_priority, msg->props.priority),
     };
-    struct qe_ring *r = &q->levels[e.level];
-    if (qe_reserve(r, r->count + r->out + 1) != WR_OK)
+    struct qe_level *l = &q->levels[e.level];
+    size_t room = l->ready.count + l->out + 1;
+    if (wr_ring_reserve(&l->ready, room) != WR_OK)
         return wr_error_set(err, WR_ENOMEM, "queue storage: out of memory for %zu messages",
-                            r->count + r->out + 1);
+                            room);
     bool persistent = (msg->props.flags & WR_PROP_DELIVERY_MODE) &&
                       msg->props.delivery_mode == 2;
     if (q->journaled && persistent) {
@@ -943,14 +834,13 @@ static int qe_next(void *state, struct wr_stored *out)
     struct qe_queue *q = state;
     if (q->count == 0)
         return WR_ENOTFOUND;
-    if (qe_slots_reserve(q) != WR_OK)
+    if (wr_idtable_reserve(&q->unacked, 1) != WR_OK)
         return WR_ENOMEM;
     struct qe_entry e;
     if (!qe_pop_msg(q, &e))
         return WR_ENOTFOUND;
     q->levels[e.level].out++;
-    qe_slot_put(q->slots, q->scap, e);
-    q->sused++;
+    *(struct qe_entry *)wr_idtable_put(&q->unacked, e.seq) = e; /* room was made above */
     out->msg = e.msg;
     out->tag = e.seq;
     out->redelivered = e.redelivered;
@@ -960,12 +850,12 @@ static int qe_next(void *state, struct wr_stored *out)
 static int qe_take(void *state, uint64_t tag, struct wr_msg **out)
 {
     struct qe_queue *q = state;
-    struct qe_entry *s = qe_slot_find(q, tag);
+    struct qe_entry *s = wr_idtable_find(&q->unacked, tag);
     if (!s)
         return WR_ENOTFOUND;
     struct qe_entry e = *s;
     q->levels[e.level].out--;
-    qe_slot_del(q, s);
+    wr_idtable_del(&q->unacked, s);
     *out = e.msg;
     qe_forget(q, &e);
     return WR_OK;
@@ -982,12 +872,12 @@ static int qe_ack(void *state, uint64_t tag)
 static int qe_requeue(void *state, uint64_t tag)
 {
     struct qe_queue *q = state;
-    struct qe_entry *s = qe_slot_find(q, tag);
+    struct qe_entry *s = wr_idtable_find(&q->unacked, tag);
     if (!s)
         return WR_ENOTFOUND;
     struct qe_entry e = *s;
     q->levels[e.level].out--;
-    qe_slot_del(q, s);
+    wr_idtable_del(&q->unacked, s);
     e.redelivered = true;
     if (e.seg) { /* back to an index entry; the disk has it */
         wr_msg_unref(e.msg);
@@ -1004,9 +894,9 @@ static uint64_t qe_purge(void *state)
     struct qe_queue *q = state;
     uint64_t n = q->count;
     for (size_t p = 0; p <= q->max_priority; p++) {
-        struct qe_ring *r = &q->levels[p];
-        while (r->count > 0) {
-            struct qe_entry e = qe_pop_head(q, r);
+        struct qe_level *l = &q->levels[p];
+        while (l->ready.count > 0) {
+            struct qe_entry e = qe_pop_head(q, l);
             wr_msg_unref(e.msg);
             qe_forget(q, &e);
         }
@@ -1022,11 +912,11 @@ static const struct wr_msg *qe_peek(void *state)
 {
     struct qe_queue *q = state;
     while (q->count > 0) {
-        struct qe_ring *r = qe_head_ring(q);
-        struct wr_msg *msg = qe_msg_of(q, qe_at(r, 0));
+        struct qe_level *l = qe_head_level(q);
+        struct wr_msg *msg = qe_msg_of(q, wr_ring_at(&l->ready, 0));
         if (msg)
             return msg;
-        struct qe_entry e = qe_pop_head(q, r); /* unreadable: gone, as in next */
+        struct qe_entry e = qe_pop_head(q, l); /* unreadable: gone, as in next */
         qe_forget(q, &e);
     }
     return NULL;
@@ -1039,7 +929,7 @@ static uint64_t qe_depth(void *state)
 
 static uint64_t qe_unacked(void *state)
 {
-    return ((struct qe_queue *)state)->sused;
+    return ((struct qe_queue *)state)->unacked.count;
 }
 
 static int qe_sync(void *state, wr_storage_sync_cb *cb, void *data)

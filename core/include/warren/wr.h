@@ -12,6 +12,7 @@
 #include "warren/log.h"
 #include "warren/loop.h"
 #include "warren/value.h"
+#include "warren/container.h"
 #include "warren/msg.h"
 #include "warren/plugin.h"
 #include "warren/exchange.h"
