@@ -25,16 +25,6 @@ uint32_t qj_crc(const uint8_t *p, size_t len)
     return (uint32_t)crc;
 }
 
-uint32_t qj_get32(const uint8_t *p)
-{
-    return wr_le32_get(p);
-}
-
-uint64_t qj_get64(const uint8_t *p)
-{
-    return wr_le64_get(p);
-}
-
 /* ---- header ---------------------------------------------------------------------------- */
 
 void qj_header_encode(uint8_t out[QJ_HEADER_SIZE], uint64_t first_seq)
@@ -106,6 +96,14 @@ int qj_encode_ack(struct wr_bytes *o, uint64_t seq)
 {
     out_start(o, QJ_ACK);
     wr_bytes_u64(o, seq);
+    return out_finish(o);
+}
+
+int qj_encode_deliver(struct wr_bytes *o, const uint64_t *seqs, size_t n)
+{
+    out_start(o, QJ_DELIVER);
+    for (size_t i = 0; i < n; i++)
+        wr_bytes_u64(o, seqs[i]);
     return out_finish(o);
 }
 

@@ -26,7 +26,9 @@
 #define QJ_MAX_PAYLOAD (1u << 30) /* a record never claims more: a bigger len is corruption */
 #define QJ_ENQUEUE_PREFIX 18u     /* u64 seq | u64 body_len | u8 has_priority | u8 priority */
 
-enum qj_type { QJ_ENQUEUE = 1, QJ_ACK = 2 };
+/* A deliver record lists messages handed out for the first time (u64 seqs), so recovery can
+ * tell the messages a consumer may have seen (redelivered) from those nobody saw. */
+enum qj_type { QJ_ENQUEUE = 1, QJ_ACK = 2, QJ_DELIVER = 3 };
 
 /* What replay needs of an enqueue record without decoding the message. */
 struct qj_enqueue_info {
@@ -48,11 +50,11 @@ int qj_header_check(const uint8_t in[QJ_HEADER_SIZE], const char *path, uint64_t
  * than a record may be. */
 int qj_encode_enqueue(struct wr_bytes *o, uint64_t seq, const struct wr_msg *msg);
 int qj_encode_ack(struct wr_bytes *o, uint64_t seq);
+/* One deliver record for seqs[0..n). */
+int qj_encode_deliver(struct wr_bytes *o, const uint64_t *seqs, size_t n);
 
 /* Checks a record's header and crc: rec holds QJ_RECORD_HEAD + len bytes. */
 bool qj_record_ok(const uint8_t *rec, uint32_t len);
-uint32_t qj_get32(const uint8_t *p);
-uint64_t qj_get64(const uint8_t *p);
 
 /* Reads the fixed part of an enqueue payload; false if it is too short. */
 bool qj_enqueue_info(const uint8_t *payload, uint32_t len, struct qj_enqueue_info *out);

@@ -19,7 +19,8 @@
  * messages are acked, and no older segment still exists that holds a message one of its ack
  * records names: otherwise replay would bring that message back. Recovery replays the
  * segments in order; what was enqueued and never acked is ready again, in its original order,
- * marked redelivered (deliveries are not journaled, so any of them may have been seen).
+ * marked redelivered if a deliver record says it was handed out (first deliveries are
+ * journaled together once per turn of the loop, and synced with the next group commit).
  *
  * Durability (option flush): "always" fsyncs before sync() calls back, "interval" every
  * flush_interval, "never" leaves it to the OS, through the core's group commit (fsync.h): the
@@ -94,6 +95,8 @@ struct qe_queue {
     size_t nsegs;
     size_t capsegs;
     struct wr_bytes rec;     /* scratch for encoding */
+    uint64_t *delivered;     /* first deliveries not journaled yet (qe_delivered) */
+    size_t n_delivered, cap_delivered;
 
     struct wr_fsync *fsync;  /* group commit of the journal's writes */
 
@@ -297,6 +300,55 @@ static void qe_forget(struct qe_queue *q, const struct qe_entry *e)
         qe_segs_collect(q);
 }
 
+#define QE_DELIVERED_MAX 1024 /* first deliveries held before they are written anyway */
+
+/* Journals the first deliveries collected this turn in one record. One not written is only a
+ * lost flag: the message comes back after a restart as not redelivered. */
+static void qe_flush_delivered(struct qe_queue *q)
+{
+    if (q->n_delivered == 0)
+        return;
+    struct wr_error err = {0};
+    uint32_t seg = 0;
+    uint64_t off = 0;
+    int rc = qj_encode_deliver(&q->rec, q->delivered, q->n_delivered);
+    if (rc == WR_OK)
+        rc = qe_append(q, &seg, &off, &err);
+    if (rc != WR_OK)
+        wr_plog(q->ctx, WR_LOG_WARN, "%s: cannot journal %zu deliveries: %s", q->dir,
+                q->n_delivered, err.msg[0] ? err.msg : "out of memory");
+    q->n_delivered = 0;
+}
+
+static void qe_delivered_deferred(struct wr_loop *lp, void *data)
+{
+    (void)lp;
+    qe_flush_delivered(data);
+}
+
+/* Notes the first delivery of a journaled message, to be written at the end of this turn of
+ * the loop: one record and one write for a whole burst of deliveries. */
+static void qe_delivered(struct qe_queue *q, uint64_t seq)
+{
+    if (q->n_delivered == q->cap_delivered) {
+        size_t cap = q->cap_delivered ? q->cap_delivered * 2 : 64;
+        uint64_t *d = realloc(q->delivered, cap * sizeof *d);
+        if (!d) {
+            wr_plog(q->ctx, WR_LOG_WARN, "%s: out of memory noting a delivery", q->dir);
+            return;
+        }
+        q->delivered = d;
+        q->cap_delivered = cap;
+    }
+    if (q->n_delivered == 0 && wr_loop_defer(q->lp, qe_delivered_deferred, q) != WR_OK) {
+        wr_plog(q->ctx, WR_LOG_WARN, "%s: out of memory noting a delivery", q->dir);
+        return;
+    }
+    q->delivered[q->n_delivered++] = seq;
+    if (q->n_delivered >= QE_DELIVERED_MAX)
+        qe_flush_delivered(q); /* the deferred flush then finds nothing */
+}
+
 /* Reads the message of a journaled entry back. NULL if it cannot (logged). */
 static struct wr_msg *qe_load(struct qe_queue *q, const struct qe_entry *e)
 {
@@ -437,7 +489,7 @@ static int qe_replay(struct qe_queue *q, struct qe_seg *s, const char *path, uin
             *bad_at = off;
             break;
         }
-        uint32_t len = qj_get32(r.buf + r.start + 4);
+        uint32_t len = wr_le32_get(r.buf + r.start + 4);
         if (len > QJ_MAX_PAYLOAD || len > s->size - off - QJ_RECORD_HEAD ||
             !qe_read(&r, QJ_RECORD_HEAD + (size_t)len, &ioerr) ||
             !qj_record_ok(r.buf + r.start, len)) {
@@ -458,14 +510,20 @@ static int qe_replay(struct qe_queue *q, struct qe_seg *s, const char *path, uin
             }
             *e = (struct qe_entry){
                 .seq = info.seq, .off = off, .body_len = info.body_len, .seg = s->id,
-                .rec_len = QJ_RECORD_HEAD + len, .redelivered = true,
+                .rec_len = QJ_RECORD_HEAD + len, .redelivered = false,
                 .level = qe_level(q, info.has_priority, info.priority),
             };
             s->live++;
             if (info.seq > *max_seq)
                 *max_seq = info.seq;
+        } else if (rec[8] == QJ_DELIVER && len % 8 == 0) {
+            for (uint32_t i = 0; i < len; i += 8) {
+                struct qe_entry *e = wr_idtable_find(&q->unacked, wr_le64_get(payload + i));
+                if (e)
+                    e->redelivered = true;
+            }
         } else if (rec[8] == QJ_ACK && len == 8) {
-            uint64_t seq = qj_get64(payload);
+            uint64_t seq = wr_le64_get(payload);
             struct qe_entry *e = wr_idtable_find(&q->unacked, seq);
             if (e) {
                 struct qe_seg *of = qe_seg_find(q, e->seg);
@@ -755,6 +813,10 @@ static void qe_close(void *state)
     struct qe_queue *q = state;
     if (!q)
         return;
+    if (q->n_delivered)
+        wr_loop_defer_cancel(q->lp, qe_delivered_deferred, q);
+    qe_flush_delivered(q);
+    free(q->delivered);
     wr_fsync_free(q->fsync); /* syncs what is left and calls back every pending sync() */
     for (size_t p = 0; p <= q->max_priority; p++) {
         struct wr_ring *r = &q->levels[p].ready;
@@ -840,6 +902,8 @@ static int qe_next(void *state, struct wr_stored *out)
     if (!qe_pop_msg(q, &e))
         return WR_ENOTFOUND;
     q->levels[e.level].out++;
+    if (e.seg && !e.redelivered)
+        qe_delivered(q, e.seq);
     *(struct qe_entry *)wr_idtable_put(&q->unacked, e.seq) = e; /* room was made above */
     out->msg = e.msg;
     out->tag = e.seq;

@@ -146,7 +146,8 @@ def read_stream(port, rnd):
 
 
 def drain(port):
-    """Every message in the queue, in order (acked as read)."""
+    """Every message in the queue, in order (acked as read). Nobody consumed them before the
+    kill, so none may come back marked redelivered."""
     conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
     ch = conn.channel()
     got = []
@@ -155,6 +156,8 @@ def drain(port):
         method, _, body = ch.basic_get(QUEUE, auto_ack=True)
         if method is None:
             break
+        if method.redelivered:
+            raise AssertionError("%r came back redelivered, but was never delivered" % body)
         got.append(int(body[1:]))
     conn.close()
     return got
