@@ -2,13 +2,16 @@
 # Installs the Debian packages warren needs, if any is missing; does nothing when everything
 # is there. Without arguments: what building and running needs. With --test: also the real
 # clients and the reference broker the test suite drives (pika, amqp-tools, Go's amqp091-go,
-# rabbitmq-c for the load generator, RabbitMQ itself for the differential test).
+# rabbitmq-c for the load generator, RabbitMQ itself for the differential test; kcat,
+# librdkafka and its Python binding, kafka-python and Go's Kafka clients).
 set -euo pipefail
 
-need=(cmake gcc make pkg-config python3 libyaml-dev libcriterion-dev)
+need=(cmake gcc make pkg-config python3 libyaml-dev libcriterion-dev zlib1g-dev)
 if [ "${1:-}" = "--test" ]; then
   need+=(python3-pika amqp-tools librabbitmq-dev golang-go golang-github-rabbitmq-amqp091-go-dev
-         rabbitmq-server)
+         rabbitmq-server
+         kcat python3-confluent-kafka python3-kafka librdkafka-dev
+         golang-github-segmentio-kafka-go-dev golang-github-confluentinc-confluent-kafka-go-dev)
 fi
 missing=()
 for p in "${need[@]}"; do

@@ -145,6 +145,9 @@ struct wr_queue {
     struct wr_consumer *delivering; /* the consumer whose deliver op is running */
     bool had_consumer;
     bool dispatch_pending;
+    struct wr_queue_watch *watches; /* log queues: wr_queue_watch, newest first */
+    bool notifying;              /* its watchers' callbacks run: unwatch only marks */
+    bool appended;               /* appends since its watchers were last called */
     struct wr_queue *dispatch_next;
     uint64_t mark;
     /* definitions.c */

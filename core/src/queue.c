@@ -21,6 +21,7 @@
 
 static void queue_destroy(struct wr_queue *q);
 static void queue_expires_fire(struct wr_loop *lp, void *data);
+static void watchers_notify(struct wr_queue *q, bool detach);
 
 void wr_queue_decl_init(struct wr_queue_decl *decl, const char *name)
 {
@@ -327,6 +328,7 @@ static void queue_destroy(struct wr_queue *q)
     while (q->in)
         binding_remove(q->in);
     map_del(&q->vh->queues, q->name);
+    watchers_notify(q, true);
     q->ops->close(q->state);
     q->state = NULL;
     /* A deleted queue's files go with it, or a queue declared later by the same name would
@@ -532,9 +534,127 @@ static int log_store(struct wr_queue *q, struct wr_msg *msg, struct wr_error *er
     if (rc != WR_OK)
         return rc;
     sync_mark_dirty(q);
-    if (q->n_consumers)
+    q->appended = true;
+    if (q->n_consumers || q->watches)
         queue_schedule(q);
     return WR_OK;
+}
+
+/* ---- log queues by offset ------------------------------------------------------------ */
+
+struct wr_queue_watch {
+    struct wr_queue *q;          /* NULL once the queue is gone */
+    wr_queue_watch_cb *cb;
+    void *data;
+    bool dead;                   /* cancelled while the callbacks ran */
+    struct wr_queue_watch *next;
+};
+
+static int log_check(const struct wr_queue *q, uint32_t partition, struct wr_error *err)
+{
+    if (q->deleted)
+        return wr_error_set(err, WR_ENOTFOUND, "queue '%s' was deleted", q->name);
+    if (!q->log)
+        return wr_error_set(err, WR_EINVAL, "queue '%s' in vhost '%s' is not a log", q->name,
+                            q->vh->name);
+    if (partition >= q->partitions)
+        return wr_error_set(err, WR_EINVAL, "queue '%s' has no partition %u (it has %u)",
+                            q->name, partition, q->partitions);
+    return WR_OK;
+}
+
+uint32_t wr_queue_partitions(const struct wr_queue *q) { return q->log ? q->partitions : 0; }
+
+int wr_queue_append_batch(struct wr_queue *q, uint32_t partition, uint8_t *batch, size_t len,
+                          uint64_t *base_offset, struct wr_error *err)
+{
+    int rc = log_check(q, partition, err);
+    if (rc == WR_OK)
+        rc = q->ops->append_batch(q->state, partition, batch, len, base_offset, err);
+    if (rc != WR_OK)
+        return rc;
+    sync_mark_dirty(q);
+    q->appended = true;
+    if (q->n_consumers || q->watches)
+        queue_schedule(q);
+    return WR_OK;
+}
+
+int wr_queue_read(struct wr_queue *q, uint32_t partition, uint64_t offset, size_t max_bytes,
+                  struct wr_log_slice *out, struct wr_error *err)
+{
+    int rc = log_check(q, partition, err);
+    return rc == WR_OK ? q->ops->read(q->state, partition, offset, max_bytes, out, err) : rc;
+}
+
+int wr_queue_offsets(const struct wr_queue *q, uint32_t partition, uint64_t *earliest,
+                     uint64_t *latest)
+{
+    int rc = log_check(q, partition, NULL);
+    if (rc == WR_OK)
+        q->ops->offsets(q->state, partition, earliest, latest);
+    return rc;
+}
+
+int wr_queue_offset_for_time(struct wr_queue *q, uint32_t partition, int64_t ts_ms,
+                             uint64_t *offset, int64_t *timestamp)
+{
+    int rc = log_check(q, partition, NULL);
+    return rc == WR_OK ? q->ops->offset_for_time(q->state, partition, ts_ms, offset, timestamp)
+                       : rc;
+}
+
+struct wr_queue_watch *wr_queue_watch(struct wr_queue *q, wr_queue_watch_cb *cb, void *data)
+{
+    struct wr_queue_watch *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    *w = (struct wr_queue_watch){q, cb, data, false, q->watches};
+    q->watches = w;
+    return w;
+}
+
+void wr_queue_unwatch(struct wr_queue_watch *w)
+{
+    if (!w)
+        return;
+    struct wr_queue *q = w->q;
+    if (q && q->notifying) {
+        w->dead = true; /* freed when the callbacks are done */
+        return;
+    }
+    for (struct wr_queue_watch **p = q ? &q->watches : NULL; p && *p; p = &(*p)->next)
+        if (*p == w) {
+            *p = w->next;
+            break;
+        }
+    free(w);
+}
+
+/* Calls every watcher of q once; with detach (q is going), unhooks them all. */
+static void watchers_notify(struct wr_queue *q, bool detach)
+{
+    if (!q->watches)
+        return;
+    wr_queue_ref(q);
+    q->notifying = true;
+    for (struct wr_queue_watch *w = q->watches; w; w = w->next)
+        if (!w->dead)
+            w->cb(q, w->data);
+    q->notifying = false;
+    for (struct wr_queue_watch **p = &q->watches; *p;) {
+        struct wr_queue_watch *w = *p;
+        if (w->dead) {
+            *p = w->next;
+            free(w);
+        } else if (detach) {
+            *p = w->next;
+            w->q = NULL;
+        } else {
+            p = &w->next;
+        }
+    }
+    wr_queue_unref(q);
 }
 
 int queue_store(struct wr_queue *q, struct wr_msg *msg, struct wr_error *err)
@@ -675,6 +795,10 @@ static void queue_dispatch(struct wr_queue *q)
     uint32_t at = 0;
     if (q->log) {
         log_dispatch(q);
+        if (q->appended && !q->deleted) {
+            q->appended = false;
+            watchers_notify(q, false);
+        }
         return;
     }
     while (!q->deleted && (c = next_consumer(q, &at))) {

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "testutil.h"
 
@@ -288,4 +289,93 @@ Test(queue_log, records_survive_the_broker)
     consume(q, &r, 10, WR_STREAM_FIRST, 0);
     expect_n(&r, 3);
     expect_bodies(&r, all, 3);
+}
+
+/* ---- by offset, as a Kafka transport uses a log queue ----------------------------------- */
+
+static int watched;
+static bool watched_deleted;
+static struct wr_queue_watch *self_cancelling;
+
+static void on_append(struct wr_queue *q, void *data)
+{
+    (void)data;
+    watched++;
+    watched_deleted = wr_queue_is_deleted(q);
+    if (self_cancelling) {
+        wr_queue_unwatch(self_cancelling);
+        self_cancelling = NULL;
+    }
+}
+
+static bool watched_once(void *data)
+{
+    return watched >= *(int *)data;
+}
+
+Test(queue_log, batches_offsets_and_watches)
+{
+    struct wr_queue *q = stream("s");
+    cr_assert_eq(wr_queue_partitions(q), 1);
+    publish(q, "first", 0);
+    publish(q, "second", 0);
+    uint64_t earliest = 9, latest = 9;
+    cr_assert_eq(wr_queue_offsets(q, 0, &earliest, &latest), WR_OK);
+    cr_assert_eq(earliest, 0);
+    cr_assert_eq(latest, 2);
+
+    /* The first batch as a fetch sends it, appended again as a producer would send it. */
+    struct wr_log_slice s;
+    struct wr_error err = {0};
+    cr_assert_eq(wr_queue_read(q, 0, 0, 1, &s, &err), WR_OK, "%s", err.msg);
+    cr_assert_eq(s.base_offset, 0);
+    uint8_t batch[4096];
+    cr_assert_leq(s.length, sizeof batch);
+    cr_assert_eq(pread(s.fd, batch, s.length, (off_t)s.file_offset), (ssize_t)s.length);
+    close(s.fd);
+    int want = 1;
+    struct wr_queue_watch *w = wr_queue_watch(q, on_append, NULL);
+    cr_assert_not_null(w);
+    uint64_t base = 0;
+    cr_assert_eq(wr_queue_append_batch(q, 0, batch, s.length, &base, &err), WR_OK, "%s",
+                 err.msg);
+    cr_assert_eq(base, 2);
+    cr_assert(tu_wait(t.lp, watched_once, &want, 5000), "the watcher was not called");
+    cr_assert_eq(wr_queue_offsets(q, 0, &earliest, &latest), WR_OK);
+    cr_assert_eq(latest, 3);
+    uint64_t at = 0;
+    int64_t ts = 0;
+    cr_assert_eq(wr_queue_offset_for_time(q, 0, 0, &at, &ts), WR_OK);
+    cr_assert_eq(at, 0);
+
+    /* A stream consumer reads the appended batch like any record. */
+    struct reader r = {0};
+    consume(q, &r, 10, WR_STREAM_OFFSET, 2);
+    expect_n(&r, 1);
+    cr_assert_str_eq(r.bodies[0], "first");
+    cr_assert_eq(r.offsets[0], 2);
+
+    /* Many appends in one turn: one call. A watcher may cancel itself in its callback. */
+    publish(q, "x", 0);
+    publish(q, "y", 0);
+    want = 2;
+    self_cancelling = w;
+    cr_assert(tu_wait(t.lp, watched_once, &want, 5000));
+    tu_drain(t.lp, 500);
+    cr_assert_eq(watched, 2);
+    publish(q, "z", 0);
+    tu_drain(t.lp, 500);
+    cr_assert_eq(watched, 2, "a cancelled watch is not called");
+
+    /* Bad partitions and queues that are not logs are refused; deletion is told. */
+    cr_assert_eq(wr_queue_append_batch(q, 1, batch, s.length, &base, &err), WR_EINVAL);
+    cr_assert_eq(wr_queue_offsets(q, 7, &earliest, &latest), WR_EINVAL);
+    struct wr_queue *plain = tu_queue(&t, "plain");
+    cr_assert_eq(wr_queue_read(plain, 0, 0, 100, &s, &err), WR_EINVAL);
+    cr_assert_eq(wr_queue_partitions(plain), 0);
+    w = wr_queue_watch(q, on_append, NULL);
+    cr_assert_eq(wr_queue_delete(q, false, false, NULL, &err), WR_OK);
+    cr_assert_eq(watched, 3);
+    cr_assert(watched_deleted);
+    wr_queue_unwatch(w); /* after the queue: still the caller's to free */
 }

@@ -211,6 +211,32 @@ WR_API bool wr_queue_is_durable(const struct wr_queue *q);
 /* A queue of a log-model storage (a stream): consumers read it by offset, records stay until
  * retention removes them; get, purge and requeue do not apply. */
 WR_API bool wr_queue_is_log(const struct wr_queue *q);
+
+/* ---- log queues by offset (Kafka topics) ---------------------------------------------- */
+
+/* A log queue's partitions are a Kafka topic's; a transport that speaks offsets reads and
+ * appends them directly. These are the storage's log-model ops (storage.h) with the queue's
+ * bookkeeping: appends mark the queue for the next sync barrier (wr_broker_sync) and wake
+ * its consumers and watchers. Errors: WR_EINVAL not a log queue or no such partition, and
+ * the storage's own. */
+WR_API uint32_t wr_queue_partitions(const struct wr_queue *q);
+WR_API int wr_queue_append_batch(struct wr_queue *q, uint32_t partition, uint8_t *batch,
+                                 size_t len, uint64_t *base_offset, struct wr_error *err);
+WR_API int wr_queue_read(struct wr_queue *q, uint32_t partition, uint64_t offset,
+                         size_t max_bytes, struct wr_log_slice *out, struct wr_error *err);
+WR_API int wr_queue_offsets(const struct wr_queue *q, uint32_t partition, uint64_t *earliest,
+                            uint64_t *latest);
+WR_API int wr_queue_offset_for_time(struct wr_queue *q, uint32_t partition, int64_t ts_ms,
+                                    uint64_t *offset, int64_t *timestamp);
+
+/* Long polling: cb(q, data) runs from a deferred task after appends to q (once per turn of
+ * the loop however many there were), and once when q is deleted (wr_queue_is_deleted tells),
+ * until the watch is cancelled. Cancelling inside cb is allowed. NULL out of memory. */
+struct wr_queue_watch;
+typedef void wr_queue_watch_cb(struct wr_queue *q, void *data);
+WR_API struct wr_queue_watch *wr_queue_watch(struct wr_queue *q, wr_queue_watch_cb *cb,
+                                             void *data);
+WR_API void wr_queue_unwatch(struct wr_queue_watch *w);
 WR_API bool wr_queue_is_auto_delete(const struct wr_queue *q);
 WR_API bool wr_queue_is_exclusive(const struct wr_queue *q);
 
