@@ -419,6 +419,24 @@ uint64_t wr_queue_unacked(const struct wr_queue *q)
 
 uint32_t wr_queue_consumer_count(const struct wr_queue *q) { return q->n_consumers; }
 const struct wr_table *wr_queue_args(const struct wr_queue *q) { return q->args; }
+
+const struct wr_table *wr_queue_options(const struct wr_queue *q)
+{
+    static const struct wr_table none = {0, NULL};
+    return q->options ? q->options : &none;
+}
+
+size_t wr_vhost_each_queue(struct wr_vhost *vh, void (*fn)(struct wr_queue *q, void *data),
+                           void *data)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < vh->queues.cap; i++)
+        if (vh->queues.slots[i].key) {
+            fn(vh->queues.slots[i].val, data);
+            n++;
+        }
+    return n;
+}
 bool wr_queue_is_auto_delete(const struct wr_queue *q) { return q->auto_delete; }
 bool wr_queue_is_exclusive(const struct wr_queue *q) { return q->exclusive; }
 const char *wr_queue_name(const struct wr_queue *q) { return q->name; }

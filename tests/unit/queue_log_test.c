@@ -379,3 +379,35 @@ Test(queue_log, batches_offsets_and_watches)
     cr_assert(watched_deleted);
     wr_queue_unwatch(w); /* after the queue: still the caller's to free */
 }
+
+static void count_logs(struct wr_queue *q, void *data)
+{
+    *(int *)data += wr_queue_is_log(q);
+}
+
+Test(queue_log, listing_queues_and_their_options)
+{
+    struct wr_queue_decl decl;
+    wr_queue_decl_init(&decl, "t3");
+    decl.storage = "log";
+    decl.durable = true;
+    decl.partitions = 3;
+    struct wr_table *opts = wr_table_new();
+    struct wr_value v = wr_value_i64(3600000);
+    cr_assert_eq(wr_table_add(opts, "retention_ms", &v), WR_OK);
+    decl.options = opts;
+    struct wr_queue *q = NULL;
+    struct wr_error err = {0};
+    cr_assert_eq(wr_queue_declare(t.vh, &decl, &q, &err), WR_OK, "%s", err.msg);
+    wr_table_free(opts);
+    int64_t ms = 0;
+    cr_assert(wr_table_get_int(wr_queue_options(q), "retention_ms", &ms));
+    cr_assert_eq(ms, 3600000);
+    cr_assert_eq(wr_queue_partitions(q), 3);
+    stream("s");
+    struct wr_queue *plain = tu_queue(&t, "plain");
+    cr_assert_eq(wr_queue_options(plain)->count, 0);
+    int logs = 0;
+    cr_assert_eq(wr_vhost_each_queue(t.vh, count_logs, &logs), 3);
+    cr_assert_eq(logs, 2);
+}

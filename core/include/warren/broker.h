@@ -205,6 +205,13 @@ WR_API uint64_t wr_queue_unacked(const struct wr_queue *q);
 WR_API uint32_t wr_queue_consumer_count(const struct wr_queue *q);
 /* The arguments the queue was declared with (AMQP's x-... table); never NULL. */
 WR_API const struct wr_table *wr_queue_args(const struct wr_queue *q);
+/* The storage options it was declared with (YAML options:, or what a transport derived from
+ * its declaration); never NULL. */
+WR_API const struct wr_table *wr_queue_options(const struct wr_queue *q);
+/* Calls fn for every queue of vh, in no particular order; fn must not declare or delete
+ * queues. Returns how many it visited. */
+WR_API size_t wr_vhost_each_queue(struct wr_vhost *vh,
+                                  void (*fn)(struct wr_queue *q, void *data), void *data);
 WR_API const char *wr_queue_name(const struct wr_queue *q);
 WR_API const void *wr_queue_owner(const struct wr_queue *q);
 WR_API bool wr_queue_is_durable(const struct wr_queue *q);
