@@ -12,8 +12,13 @@ directory and reads back. The data directory lives on across rounds.
   the kills too, on the `log` storage with flush: always. Records stay, so each round reads
   the whole log from the first offset: every message confirmed in any round is there exactly
   once, all in publish order.
+- kafka: a one-partition topic on the `log` storage with flush: always, declared in the
+  config, produced to over the Kafka listener by librdkafka (python3-confluent-kafka) with
+  acks=all and idempotence, many records in flight. Each round reads the partition from its
+  first offset to its high watermark: every record acked in any round is there exactly once,
+  all in produce order; records produced but not acked before the kill may be there too.
 
-    /usr/bin/python3 crash_test.py queue|log WARREN_BIN PLUGIN_DIR [ROUNDS]
+    /usr/bin/python3 crash_test.py queue|log|kafka WARREN_BIN PLUGIN_DIR [ROUNDS]
 """
 import os
 import random
@@ -36,29 +41,39 @@ STREAM_ARGS = {"x-queue-type": "stream"}
 
 
 def config(backend, data_dir, plugin_dir):
-    queues = ("vhosts:\n  - name: /\n    queues:\n"
-              "      - {name: %s, storage: queue, durable: true, options: {flush: always}}\n"
-              % QUEUE if backend == "queue" else "")
+    queues = {"queue": "{name: %s, storage: queue, durable: true, options: {flush: always}}"
+                       % QUEUE,
+              "kafka": "{name: %s, storage: log, partitions: 1, durable: true, "
+                       "options: {flush: always}}" % QUEUE}.get(backend)
+    kafka = ("  - {transport: kafka, host: 127.0.0.1, port: 0}\n" if backend == "kafka"
+             else "")
     return ("broker:\n  data_dir: %s\n  plugin_dirs: [%s]\n"
-            "listeners:\n  - {transport: amqp091, host: 127.0.0.1, port: 0}\n%s"
+            "listeners:\n  - {transport: amqp091, host: 127.0.0.1, port: 0}\n%s%s"
             "users:\n  - {name: guest, password: guest, vhosts: [\"/\"]}\n"
-            % (data_dir, plugin_dir, queues))
+            % (data_dir, plugin_dir, kafka,
+               "vhosts:\n  - name: /\n    queues:\n      - %s\n" % queues if queues else ""))
 
 
 class Broker:
-    def __init__(self, binary, conf, logpath):
+    """warren on the shared config; port is its AMQP port, and kafka_port its Kafka port
+    when kafka is true."""
+
+    def __init__(self, binary, conf, logpath, kafka=False):
         self.log = open(logpath, "a+")
         start = self.log.tell()  # the log is shared by every run: read this run's part only
         self.proc = subprocess.Popen([binary, conf], stdout=self.log, stderr=subprocess.STDOUT)
-        self.port = None
+        self.port = self.kafka_port = None
         deadline = time.monotonic() + 20
         while self.port is None:
             self.log.flush()
             with open(logpath, errors="replace") as f:
                 f.seek(start)
-                found = re.findall(r"amqp091.*listening on 127\.0\.0\.1:(\d+)", f.read())
-            if found and self.proc.poll() is None:
+                text = f.read()
+            found = re.findall(r"amqp091.*listening on 127\.0\.0\.1:(\d+)", text)
+            found_kafka = re.findall(r"kafka.*listening on 127\.0\.0\.1:(\d+)", text)
+            if found and (found_kafka or not kafka) and self.proc.poll() is None:
                 self.port = int(found[-1])
+                self.kafka_port = int(found_kafka[-1]) if kafka else None
             elif self.proc.poll() is not None:
                 raise RuntimeError("warren exited with %d at start-up; see %s"
                                    % (self.proc.returncode, logpath))
@@ -68,6 +83,8 @@ class Broker:
             else:
                 time.sleep(0.01)
         wait_port(self.port, proc=self.proc)
+        if kafka:
+            wait_port(self.kafka_port, proc=self.proc)
 
     def kill9(self):
         self.proc.send_signal(signal.SIGKILL)
@@ -104,6 +121,65 @@ def publish_until_killed(port, first, confirmed, stop):
             n += 1
     except Exception:  # the kill: the connection drops mid-publish
         pass
+
+
+def produce_until_killed(port, first, acked, produced, stop):
+    """Produces first, first+1, ... with acks=all until stop is set, at most 100 records
+    in flight (so a round stays in the tens of thousands); appends each acked number to acked (librdkafka reports them in order) and keeps
+    produced[0] one past the last number produced."""
+    from confluent_kafka import Producer
+    p = Producer({"bootstrap.servers": "127.0.0.1:%d" % port, "acks": "all",
+                  "enable.idempotence": True, "linger.ms": 2,
+                  "message.timeout.ms": 3000, "reconnect.backoff.max.ms": 100,
+                  "log_level": 2})  # the refused reconnects after the kill are expected
+
+    def report(err, msg):
+        if err is None:
+            acked.append(int(msg.value()[1:]))
+
+    n = first
+    deadline = time.monotonic() + 20
+    while not stop.is_set() and time.monotonic() < deadline:
+        if len(p) >= 100:
+            p.poll(0.005)
+            continue
+        try:
+            p.produce(QUEUE, b"m%08d" % n, on_delivery=report)
+        except BufferError:
+            p.poll(0.005)
+            continue
+        n += 1
+        produced[0] = n
+        p.poll(0)
+    p.flush(10)  # after the kill, what is left fails by message.timeout.ms
+
+
+def read_topic(port):
+    """Every numbered record of partition 0 from its first offset to its high watermark."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    c = Consumer({"bootstrap.servers": "127.0.0.1:%d" % port, "group.id": "crash-reader",
+                  "enable.auto.commit": False})
+    try:
+        low, high = c.get_watermark_offsets(TopicPartition(QUEUE, 0), timeout=15)
+        c.assign([TopicPartition(QUEUE, 0, OFFSET_BEGINNING)])
+        got, offsets = [], []
+        deadline = time.monotonic() + 60
+        while (offsets[-1] + 1 if offsets else low) < high:
+            if time.monotonic() > deadline:
+                raise AssertionError("read %d records up to offset %s of [%d, %d) in 60 s"
+                                     % (len(got), offsets[-1:], low, high))
+            m = c.poll(0.2)
+            if m is None:
+                continue
+            if m.error():
+                raise AssertionError("consume error: %s" % m.error())
+            offsets.append(m.offset())
+            got.append(int(m.value()[1:]))
+    finally:
+        c.close()
+    if offsets != sorted(set(offsets)):
+        raise AssertionError("log offsets not increasing: %r" % offsets[:50])
+    return got
 
 
 def declare_stream(port):
@@ -175,15 +251,20 @@ def main(argv):
     total = 0
     next_n = 0
     all_confirmed = []
+    kafka = backend == "kafka"
     ok = False
     try:
         for r in range(rounds):
-            b = Broker(binary, conf, logpath)
+            b = Broker(binary, conf, logpath, kafka)
             if backend == "log" and r == 0:
                 declare_stream(b.port)
-            confirmed, stop = [], threading.Event()
-            t = threading.Thread(target=publish_until_killed,
-                                 args=(b.port, next_n, confirmed, stop))
+            confirmed, stop, produced = [], threading.Event(), [next_n]
+            if kafka:
+                t = threading.Thread(target=produce_until_killed,
+                                     args=(b.kafka_port, next_n, confirmed, produced, stop))
+            else:
+                t = threading.Thread(target=publish_until_killed,
+                                     args=(b.port, next_n, confirmed, stop))
             t.start()
             # Kill after a random 20-400 ms of publishing, once at least one confirm came.
             deadline = time.monotonic() + 10
@@ -195,8 +276,9 @@ def main(argv):
             t.join(timeout=30)
             if not confirmed:
                 raise AssertionError("round %d: no publish was confirmed before the kill" % r)
-            b = Broker(binary, conf, logpath)
-            got = drain(b.port) if backend == "queue" else read_stream(b.port, r)
+            b = Broker(binary, conf, logpath, kafka)
+            got = (drain(b.port) if backend == "queue" else
+                   read_topic(b.kafka_port) if kafka else read_stream(b.port, r))
             status = b.stop()
             if status != 0:
                 raise AssertionError("round %d: warren exited %d after SIGTERM" % (r, status))
@@ -210,15 +292,16 @@ def main(argv):
             if missing:
                 raise AssertionError("round %d: %d confirmed messages lost, first %r"
                                      % (r, len(missing), missing[:10]))
-            extra = [n for n in got if n > confirmed[-1] + 1 or
-                     (backend == "queue" and n < next_n)]
+            # Kafka: records in flight at the kill may be there unacked, never unproduced ones.
+            extra = [n for n in got if (n >= produced[0] if kafka else n > confirmed[-1] + 1)
+                     or (backend == "queue" and n < next_n)]
             if extra:
                 raise AssertionError("round %d: messages not published this round came back: "
                                      "%r" % (r, extra[:10]))
             print("round %2d: %5d confirmed, %5d read back after kill -9 and restart"
                   % (r, len(confirmed), len(got)), flush=True)
             total += len(confirmed)
-            next_n = confirmed[-1] + 2
+            next_n = (produced[0] if kafka else confirmed[-1]) + 2
         ok = True
         print("PASS (%s): %d kill -9 rounds, %d confirmed messages, none lost or repeated"
               % (backend, rounds, total))

@@ -4,6 +4,9 @@
         w.port          # the AMQP port it listens on (127.0.0.1)
         w.log()         # what it printed so far
 
+    with Warren(bin, plugin_dir, kafka=True) as w:
+        w.kafka_port    # a Kafka listener too, on its own free port
+
 Run under /usr/bin/python3 (Debian's client libraries live there). The broker is stopped by
 its PID with SIGTERM; a broker that does not exit in 10 s is killed and the test fails.
 """
@@ -51,26 +54,33 @@ def wait_for(cond, timeout=10.0, what="condition"):
 class Warren:
     """The warren binary with an AMQP listener on a free port. extra_yaml is appended to the
     config (for vhosts:, users: ...); broker_yaml lines go under broker:; amqp_options is a
-    YAML flow mapping for the listener's options.
+    YAML flow mapping for the listener's options. kafka=True adds a Kafka listener (its
+    options the flow mapping kafka_options, by default auto-created topics); its port is
+    kafka_port.
 
     The listener asks for port 0 and the port is read from warren's "listening on" log
     line, so parallel tests cannot race for a port. The temporary directory (config, data,
     log) is removed at stop, after a failing exit has printed the log."""
 
     def __init__(self, binary, plugin_dir, extra_yaml="", broker_yaml="", amqp_options=None,
-                 env=None):
+                 env=None, kafka=False, kafka_options="{auto_create_topics: true}"):
         self.binary = binary
         self.plugin_dir = plugin_dir
         self.port = None
+        self.kafka = kafka
+        self.kafka_port = None
         self.dir = tempfile.mkdtemp(prefix="warren-it-")
         self.config = os.path.join(self.dir, "warren.yaml")
         opts = (", options: %s" % amqp_options) if amqp_options else ""
+        kafka_listener = ("  - {transport: kafka, host: 127.0.0.1, port: 0%s}\n"
+                          % (", options: %s" % kafka_options if kafka_options else "")
+                          if kafka else "")
         with open(self.config, "w") as f:
             f.write("broker:\n  data_dir: %s\n  plugin_dirs: [%s]\n%s"
-                    "listeners:\n  - {transport: amqp091, host: 127.0.0.1, port: %d%s}\n%s"
+                    "listeners:\n  - {transport: amqp091, host: 127.0.0.1, port: %d%s}\n%s%s"
                     % (os.path.join(self.dir, "data"), plugin_dir,
                        "".join("  %s\n" % l for l in broker_yaml.splitlines() if l),
-                       0, opts, extra_yaml))
+                       0, opts, kafka_listener, extra_yaml))
         self.logfile = open(os.path.join(self.dir, "warren.log"), "w+")
         self.env = dict(os.environ, **(env or {}))
         self.proc = None
@@ -79,23 +89,28 @@ class Warren:
         """Starts warren (again, after stop: on the same data directory, on a new port)."""
         self.logfile.seek(0, os.SEEK_END)
         since = self.logfile.tell()  # this run's part of the log
-        self.port = None
+        self.port = self.kafka_port = None
         self.proc = subprocess.Popen([self.binary, self.config], stdout=self.logfile,
                                      stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 15
-        while self.port is None:
-            m = re.search(r"amqp091.*listening on 127\.0\.0\.1:(\d+)", self.log()[since:])
-            if m:
+        while self.port is None or (self.kafka and self.kafka_port is None):
+            run_log = self.log()[since:]
+            m = re.search(r"amqp091.*listening on 127\.0\.0\.1:(\d+)", run_log)
+            k = re.search(r"kafka.*listening on 127\.0\.0\.1:(\d+)", run_log)
+            if m and (k or not self.kafka):
                 self.port = int(m.group(1))
+                self.kafka_port = int(k.group(1)) if k else None
             elif self.proc.poll() is not None:
                 raise RuntimeError("warren exited with status %d before listening:\n%s"
                                    % (self.proc.returncode, self.log()))
             elif time.monotonic() > deadline:
                 self.stop()
-                raise TimeoutError("warren did not log its AMQP port within 15 s")
+                raise TimeoutError("warren did not log its listening ports within 15 s")
             else:
                 time.sleep(0.01)
         wait_port(self.port, proc=self.proc)
+        if self.kafka:
+            wait_port(self.kafka_port, proc=self.proc)
         return self
 
     def log(self):

@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# kafka_bench.sh: warren's Kafka listener driven by bench/kafka_load (librdkafka), against the
+# machine's own limit: the loopback TCP bandwidth of one connection, measured in the same run.
+#
+#   bench/kafka_bench.sh [--quick] [--runs N] [--build-dir DIR] [--case NAME] [--out FILE]
+#
+# It builds the Release configuration if needed (DIR, default build-release), measures
+# loopback, starts warren with a Kafka listener on a free port (tests/integration/harness.py,
+# the topics of every run declared in its config: `log` storage, 4 partitions, default
+# flush policy), and runs every case N times (default 3). It prints min / median / max per case
+# as a Markdown table, with the CPU warren and kafka_load used, and the loopback limit in
+# records/s for 100-byte values. --out also writes every run's JSON line to FILE; --quick is a
+# smoke run (a tenth of the records, one run). There is no Kafka broker in Debian to compare
+# with: the aims are absolute (issue 5: 1,000,000 records/s produced, 2,000,000 consumed).
+#
+# Every load run is bounded by a record count and a time limit; warren is stopped by its PID.
+# Run it on an otherwise idle machine: the CPU other processes used is measured during each run.
+set -euo pipefail
+self="$(realpath "$0")"
+cd "$(dirname "$self")/.."
+
+build=build-release
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build-dir) build="$2"; shift 2 ;;
+    --runs|--out|--case) args+=("$1" "$2"); shift 2 ;;
+    --quick) args+=("$1"); shift ;;
+    -h|--help) sed -n '2,18p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "kafka_bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+echo "== build ($build, Release)"
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DWARREN_TESTS=OFF >/dev/null
+cmake --build "$build" -j"$(nproc)" >"$build/kafka_bench-build.log" 2>&1 ||
+  { echo "kafka_bench: the build failed (see $build/kafka_bench-build.log)" >&2; exit 1; }
+[ -x "$build/bench/kafka_load" ] ||
+  { echo "kafka_bench: no kafka_load (apt-get install librdkafka-dev)" >&2; exit 1; }
+
+exec /usr/bin/python3 - "$build" "${args[@]}" <<'PY'
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, "tests/integration")
+import harness  # noqa: E402
+
+build = sys.argv[1]
+argv = sys.argv[2:]
+quick = "--quick" in argv
+runs = int(argv[argv.index("--runs") + 1]) if "--runs" in argv else (1 if quick else 3)
+out_path = argv[argv.index("--out") + 1] if "--out" in argv else ""
+only_case = argv[argv.index("--case") + 1] if "--case" in argv else ""
+load_bin = os.path.join(build, "bench", "kafka_load")
+warren_bin = os.path.abspath(os.path.join(build, "warren"))
+plugin_dir = os.path.abspath(os.path.join(build, "plugins"))
+time_limit = 10 if quick else 30
+scale = 10 if quick else 1
+PARTITIONS = 4
+# A 100-byte value costs about 111 bytes in a RecordBatch v2 (length, attributes, timestamp
+# and offset deltas, null key, value length, header count), plus 61 bytes per batch.
+WIRE_RECORD = 111
+
+# (name, what, topic (per run), kafka_load arguments, metrics). consume reads the topic the
+# produce-acks1 run of the same round filled.
+CASES = [
+    ("produce-acks1-100B", "produce only, acks=1, 100 B", "p1",
+     ["--mode", "produce", "--acks", "1", "--count", str(5000000 // scale)],
+     ["produce_rate", "produce_mb_s", "ack_p50", "ack_p99"]),
+    ("consume-100B", "consume only, from the start of the topic produce-acks1 filled", "p1",
+     ["--mode", "consume", "--count", str(5000000 // scale)],
+     ["consume_rate", "consume_mb_s"]),
+    ("produce-acksall-100B", "produce only, acks=all, 100 B", "pall",
+     ["--mode", "produce", "--acks", "all", "--count", str(5000000 // scale)],
+     ["produce_rate", "produce_mb_s", "ack_p50", "ack_p99"]),
+    ("produce-idempotent-100B", "produce only, acks=all and idempotence, 100 B", "pidem",
+     ["--mode", "produce", "--acks", "all", "--idempotence", "--count", str(5000000 // scale)],
+     ["produce_rate", "produce_mb_s"]),
+    ("e2e-acks1-100B", "producer and consumer at once, acks=1, 100 B", "e2e",
+     ["--mode", "e2e", "--acks", "1", "--count", str(3000000 // scale)],
+     ["consume_rate", "latency_p50", "latency_p99"]),
+    ("latency-acksall-20k", "end to end at a paced 20,000 records/s, acks=all, 100 B", "lat",
+     ["--mode", "e2e", "--acks", "all", "--rate", "20000", "--linger-ms", "0",
+      "--count", str(200000 // scale)],
+     ["latency_p50", "latency_p99", "ack_p50", "ack_p99"]),
+]
+if only_case:
+    CASES = [c for c in CASES if c[0] == only_case or
+             (only_case == "consume-100B" and c[0] == "produce-acks1-100B")]
+    if not CASES:
+        sys.exit("kafka_bench: no case named %s" % only_case)
+UNITS = {"produce_rate": "records/s", "consume_rate": "records/s", "produce_mb_s": "MB/s",
+         "consume_mb_s": "MB/s", "latency_p50": "µs", "latency_p99": "µs", "ack_p50": "µs",
+         "ack_p99": "µs"}
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_ticks():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v) - v[3] - v[4]
+
+
+def proc_cpu(pid):
+    """CPU seconds all threads of a process have run so far (schedstat: ns)."""
+    total = 0
+    try:
+        for tid in os.listdir("/proc/%d/task" % pid):
+            try:
+                with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError):
+                pass
+    except OSError:
+        pass
+    return total / 1e9
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def loopback_bandwidth(seconds):
+    """Bytes/s one TCP connection over 127.0.0.1 carries: a forked sender writes 1 MiB
+    chunks for `seconds`, this process reads them."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    port = lsock.getsockname()[1]
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            lsock.close()
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            chunk = b"\0" * (1 << 20)
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                s.sendall(chunk)
+            s.close()
+            status = 0
+        finally:
+            os._exit(status)
+    conn = None
+    try:
+        lsock.settimeout(10)
+        conn, _ = lsock.accept()
+        conn.settimeout(10)
+        buf = bytearray(1 << 20)
+        total, t0 = 0, time.monotonic()
+        while True:
+            n = conn.recv_into(buf)
+            if n == 0:
+                break
+            total += n
+        return total / (time.monotonic() - t0)
+    finally:
+        if conn:
+            conn.close()
+        lsock.close()
+        os.waitpid(pid, 0)
+
+
+def run_load(port, pid, topic, case_args):
+    cmd = [load_bin, "--brokers", "127.0.0.1:%d" % port, "--topic", topic,
+           "--time", str(time_limit)] + case_args
+    m0, b0, l0, t0 = machine_busy_ticks(), proc_cpu(pid), children_cpu(), time.monotonic()
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=time_limit + 60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        return None, "kafka_load did not finish within %d s" % (time_limit + 60)
+    wall = time.monotonic() - t0
+    broker, load = proc_cpu(pid) - b0, children_cpu() - l0
+    machine = (machine_busy_ticks() - m0) / TICK
+    if p.returncode not in (0, 2) or not out.strip():
+        return None, err.strip() or "exit status %d" % p.returncode
+    res = json.loads(out.strip().splitlines()[-1])
+    for src, prefix in (("latency_us", "latency_"), ("ack_latency_us", "ack_")):
+        lat = res.get(src) or {}
+        for k in ("p50", "p99"):
+            res[prefix + k] = lat.get(k)
+    res["cpu_broker"] = round(broker / wall, 2)
+    res["cpu_load"] = round(load / wall, 2)
+    res["cpu_other"] = round(max(0.0, machine - broker - load) / wall, 2)
+    return res, ""
+
+
+def fmt(v):
+    if v is None:
+        return "-"
+    return "{:,.0f}".format(v) if v >= 100 else "%.1f" % v
+
+
+def main():
+    print("== machine: %d CPUs" % os.cpu_count())
+    bw = loopback_bandwidth(0.5 if quick else 2.0)
+    limit = bw / WIRE_RECORD
+    print("== loopback TCP, one connection: %.2f GB/s (%.0f MiB/s): at most %s records/s of "
+          "100 B values (%d B each on the wire)" % (bw / 1e9, bw / 2**20, fmt(limit),
+                                                    WIRE_RECORD), flush=True)
+    topics = ["%s-%d" % (t, i) for i in range(runs) for t in sorted({c[2] for c in CASES})]
+    yaml = ("vhosts:\n  - name: /\n    queues:\n" +
+            "".join("      - {name: %s, storage: log, partitions: %d, durable: true}\n"
+                    % (t, PARTITIONS) for t in topics))
+    results, raw, failed = {}, [], 0
+    with harness.Warren(warren_bin, plugin_dir, extra_yaml=yaml, kafka=True) as w:
+        print("== warren on 127.0.0.1:%d (Kafka), %d topics of %d partitions"
+              % (w.kafka_port, len(topics), PARTITIONS), flush=True)
+        for i in range(runs):
+            for name, _, topic, case_args, metrics in CASES:
+                res, err = run_load(w.kafka_port, w.proc.pid, "%s-%d" % (topic, i), case_args)
+                tag = "%s run %d/%d" % (name, i + 1, runs)
+                if res is None:
+                    failed += 1
+                    print("  %s: FAILED: %s" % (tag, err), flush=True)
+                    continue
+                res.update(case=name, run=i + 1, loopback_bytes_s=round(bw))
+                raw.append(res)
+                results.setdefault(name, []).append(res)
+                print("  %s: %s%s; CPU cores: warren %.2f, kafka_load %.2f, other %.2f"
+                      % (tag, ", ".join("%s %s" % (m, fmt(res[m])) for m in metrics),
+                         "" if res["complete"] else " INCOMPLETE", res["cpu_broker"],
+                         res["cpu_load"], res["cpu_other"]), flush=True)
+    if out_path:
+        with open(out_path, "w") as f:
+            for r in raw:
+                f.write(json.dumps(r) + "\n")
+    print()
+    print("| case | metric | median (min – max) | of the loopback limit | CPU: warren, "
+          "kafka_load |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for name, _, _, _, metrics in CASES:
+        rs = results.get(name, [])
+        for m in metrics:
+            vals = [r[m] for r in rs if r.get(m) is not None]
+            if not vals:
+                continue
+            med = statistics.median(vals)
+            share = ("%.0f%%" % (100 * med / limit) if m.endswith("_rate") else
+                     "%.0f%%" % (100 * med * 1e6 / bw) if m.endswith("_mb_s") else "")
+            cpu = "%.2f, %.2f" % (statistics.median(r["cpu_broker"] for r in rs),
+                                  statistics.median(r["cpu_load"] for r in rs))
+            print("| %s | %s, %s | %s (%s – %s) | %s | %s |"
+                  % (name, m, UNITS[m], fmt(med), fmt(min(vals)), fmt(max(vals)), share, cpu))
+    print()
+    for name, what, _, case_args, _ in CASES:
+        print("- %s: %s: `kafka_load %s --time %d`" % (name, what, " ".join(case_args),
+                                                      time_limit))
+    incomplete = sum(1 for r in raw if not r["complete"])
+    if failed or incomplete:
+        print("- %d run(s) failed, %d hit the time limit" % (failed, incomplete))
+    return 1 if failed else 0
+
+
+sys.exit(main())
+PY
