@@ -31,3 +31,9 @@ foreach(what confluent)
   set_tests_properties(kafka_go.${what} PROPERTIES TIMEOUT 400 SKIP_RETURN_CODE 77
                        LABELS "integration;kafka;go")
 endforeach()
+
+# Broken requests close their own connection only; SASL PLAIN admits the config's users.
+add_test(NAME kafka_wire
+         COMMAND ${WARREN_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/kafka_wire_test.py ${WARREN_BIN}
+                 ${WARREN_PLUGIN_DIR})
+set_tests_properties(kafka_wire PROPERTIES TIMEOUT 200 LABELS "integration;kafka")
