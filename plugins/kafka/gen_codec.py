@@ -729,7 +729,15 @@ def main():
                 seen.add(st.cname)
 
     h = [BANNER, "#ifndef KAFKA_MSGS_H", "#define KAFKA_MSGS_H", "", "#include \"codec.h\"", "",
-         "/* The API keys warren serves. */", "enum kf_api_key {"]
+         "/* Kafka's error codes, from spec/ERROR-CODES.tsv (Errors.java). */",
+         "enum kf_error {"]
+    with open(os.path.join(os.path.dirname(spec), "ERROR-CODES.tsv")) as f:
+        for line in f:
+            cols = line.rstrip("\n").split("\t")
+            if line.startswith("#") or len(cols) < 2 or cols[0] == "code":
+                continue
+            h.append("    KF_ERR_%s = %d," % (cols[1], int(cols[0])))
+    h += ["};", "", "/* The API keys warren serves. */", "enum kf_api_key {"]
     for name, key, _, _, _ in apis:
         h.append("    KF_API_%s = %d," % (snake(name).upper(), key))
     h += ["};", "",

@@ -28,26 +28,6 @@
 
 #define METADATA_MAX 4096        /* Kafka's offset.metadata.max.bytes */
 
-/* The Kafka error codes this file answers with (ERROR-CODES.tsv). */
-enum {
-    ERR_NONE = 0,
-    ERR_UNKNOWN_SERVER = -1,
-    ERR_UNKNOWN_TOPIC_OR_PARTITION = 3,
-    ERR_OFFSET_METADATA_TOO_LARGE = 12,
-    ERR_COORDINATOR_NOT_AVAILABLE = 15,
-    ERR_ILLEGAL_GENERATION = 22,
-    ERR_INCONSISTENT_GROUP_PROTOCOL = 23,
-    ERR_INVALID_GROUP_ID = 24,
-    ERR_UNKNOWN_MEMBER_ID = 25,
-    ERR_INVALID_SESSION_TIMEOUT = 26,
-    ERR_REBALANCE_IN_PROGRESS = 27,
-    ERR_INVALID_REQUEST = 42,
-    ERR_KAFKA_STORAGE = 56,
-    ERR_NON_EMPTY_GROUP = 68,
-    ERR_GROUP_ID_NOT_FOUND = 69,
-    ERR_MEMBER_ID_REQUIRED = 79,
-    ERR_FENCED_INSTANCE_ID = 82,
-};
 
 enum group_state { EMPTY, PREPARING, COMPLETING, STABLE };
 
@@ -217,20 +197,20 @@ static void join_aborted(struct kf_reply *r, void *data)
 {
     struct member *m = data;
     m->join_r = NULL;
-    join_error(r, m->join_v, ERR_COORDINATOR_NOT_AVAILABLE, m->id);
+    join_error(r, m->join_v, KF_ERR_COORDINATOR_NOT_AVAILABLE, m->id);
 }
 
 static void sync_aborted(struct kf_reply *r, void *data)
 {
     struct member *m = data;
     m->sync_r = NULL;
-    sync_answer(r, m->sync_v, ERR_COORDINATOR_NOT_AVAILABLE, NULL, 0);
+    sync_answer(r, m->sync_v, KF_ERR_COORDINATOR_NOT_AVAILABLE, NULL, 0);
 }
 
 static void member_wait_join(struct member *m, struct kf_reply *r, int16_t v)
 {
     if (m->join_r) /* a second JoinGroup replaces the first, which is told to retry */
-        join_error(m->join_r, m->join_v, ERR_REBALANCE_IN_PROGRESS, m->id);
+        join_error(m->join_r, m->join_v, KF_ERR_REBALANCE_IN_PROGRESS, m->id);
     m->awaiting_join = true;
     m->join_r = r;
     m->join_v = v;
@@ -240,7 +220,7 @@ static void member_wait_join(struct member *m, struct kf_reply *r, int16_t v)
 static void member_wait_sync(struct member *m, struct kf_reply *r, int16_t v)
 {
     if (m->sync_r)
-        sync_answer(m->sync_r, m->sync_v, ERR_REBALANCE_IN_PROGRESS, NULL, 0);
+        sync_answer(m->sync_r, m->sync_v, KF_ERR_REBALANCE_IN_PROGRESS, NULL, 0);
     m->awaiting_sync = true;
     m->sync_r = r;
     m->sync_v = v;
@@ -419,7 +399,7 @@ static void send_join_result(struct group *grp, struct member *m, struct kf_repl
     if (with_members) {
         list = calloc(grp->n_members ? grp->n_members : 1, sizeof *list);
         if (!list) {
-            join_error(r, v, ERR_UNKNOWN_SERVER, m->id);
+            join_error(r, v, KF_ERR_UNKNOWN_SERVER_ERROR, m->id);
             return;
         }
         for (size_t i = 0; i < grp->n_members; i++) {
@@ -449,7 +429,7 @@ static void join_complete(struct group *grp)
         if (!m->awaiting_join && !m->instance_id) {
             wr_log(WR_LOG_INFO, "kafka", "group '%s': member %s did not rejoin in time and is "
                    "removed", grp->id, m->id);
-            member_detach(grp, m, ERR_UNKNOWN_MEMBER_ID);
+            member_detach(grp, m, KF_ERR_UNKNOWN_MEMBER_ID);
         } else {
             i++;
         }
@@ -485,7 +465,7 @@ static void join_complete(struct group *grp)
             if (grp->protocol)
                 send_join_result(grp, m, r, m->join_v, leader->id, m == leader);
             else
-                join_error(r, m->join_v, ERR_UNKNOWN_SERVER, m->id);
+                join_error(r, m->join_v, KF_ERR_UNKNOWN_SERVER_ERROR, m->id);
         }
         member_touch(m);
     }
@@ -522,7 +502,7 @@ static void prepare_rebalance(struct group *grp)
         for (size_t i = 0; i < grp->n_members; i++) {
             struct member *m = grp->members[i];
             if (m->sync_r)
-                sync_answer(m->sync_r, m->sync_v, ERR_REBALANCE_IN_PROGRESS, NULL, 0);
+                sync_answer(m->sync_r, m->sync_v, KF_ERR_REBALANCE_IN_PROGRESS, NULL, 0);
             m->sync_r = NULL;
             m->awaiting_sync = false;
         }
@@ -540,7 +520,7 @@ static void prepare_rebalance(struct group *grp)
 /* m leaves (LeaveGroup, session expiry): the others rebalance without it. */
 static void member_remove(struct group *grp, struct member *m)
 {
-    member_detach(grp, m, ERR_UNKNOWN_MEMBER_ID);
+    member_detach(grp, m, KF_ERR_UNKNOWN_MEMBER_ID);
     if (grp->state == STABLE || grp->state == COMPLETING)
         prepare_rebalance(grp);
     else
@@ -689,7 +669,7 @@ void kf_group_find_coordinator(struct kf_groups *g, struct kf_conn *c, struct kf
         rsp.port = kf_conn_node_port(c);
     } else {
         /* There is no transaction coordinator (key type 1) in warren. */
-        rsp.error_code = req->key_type == 1 ? ERR_COORDINATOR_NOT_AVAILABLE : ERR_INVALID_REQUEST;
+        rsp.error_code = req->key_type == 1 ? KF_ERR_COORDINATOR_NOT_AVAILABLE : KF_ERR_INVALID_REQUEST;
         rsp.error_message = kf_str_c(req->key_type == 1 ? "warren has no transactions"
                                                          : "unknown coordinator key type");
         rsp.node_id = -1;
@@ -744,7 +724,7 @@ static void join_new_member(struct group *grp, struct kf_conn *c, struct kf_repl
 {
     struct member *m = member_add(grp, c, id, req);
     if (!m) {
-        join_error(r, v, ERR_UNKNOWN_SERVER, id);
+        join_error(r, v, KF_ERR_UNKNOWN_SERVER_ERROR, id);
         free(id);
         return;
     }
@@ -762,11 +742,11 @@ static void join_static_again(struct group *grp, struct member *m, struct kf_rep
 {
     char *old_leader = strdup(grp->members[0]->id);
     if (!old_leader) {
-        join_error(r, v, ERR_UNKNOWN_SERVER, new_id);
+        join_error(r, v, KF_ERR_UNKNOWN_SERVER_ERROR, new_id);
         free(new_id);
         return;
     }
-    member_answer_waits(m, ERR_FENCED_INSTANCE_ID);
+    member_answer_waits(m, KF_ERR_FENCED_INSTANCE_ID);
     free(m->id);
     m->id = new_id;
     m->session_ms = req->session_timeout_ms;
@@ -774,7 +754,7 @@ static void join_static_again(struct group *grp, struct member *m, struct kf_rep
                                                     : req->session_timeout_ms;
     bool same = protocols_same(m, req);
     if (!same && member_set_protocols(m, req) != WR_OK) {
-        join_error(r, v, ERR_UNKNOWN_SERVER, new_id);
+        join_error(r, v, KF_ERR_UNKNOWN_SERVER_ERROR, new_id);
         free(old_leader);
         return;
     }
@@ -799,7 +779,7 @@ static void join_unknown_member(struct group *grp, struct kf_conn *c, struct kf_
 {
     char *id = member_id_new(kf_conn_client_id(c));
     if (!id) {
-        join_error(r, v, ERR_UNKNOWN_SERVER, "");
+        join_error(r, v, KF_ERR_UNKNOWN_SERVER_ERROR, "");
         return;
     }
     struct member *m = member_by_instance(grp, req->group_instance_id);
@@ -808,7 +788,7 @@ static void join_unknown_member(struct group *grp, struct kf_conn *c, struct kf_
     } else if (v >= 4 && !req->group_instance_id.ptr) {
         /* KIP-394: the id goes back first, so a client that times out and retries the join
          * comes back as the same member instead of leaving a ghost behind. */
-        join_error(r, v, ERR_MEMBER_ID_REQUIRED, id);
+        join_error(r, v, KF_ERR_MEMBER_ID_REQUIRED, id);
         if (pending_add(grp, id, req->session_timeout_ms) != WR_OK)
             free(id);
     } else {
@@ -831,11 +811,11 @@ static void join_known_member(struct group *grp, struct kf_conn *c, struct kf_re
     }
     struct member *m = member_find(grp, req->member_id);
     if (!m) {
-        join_error(r, v, ERR_UNKNOWN_MEMBER_ID, "");
+        join_error(r, v, KF_ERR_UNKNOWN_MEMBER_ID, "");
         return;
     }
     if (instance_fenced(grp, req->group_instance_id, req->member_id)) {
-        join_error(r, v, ERR_FENCED_INSTANCE_ID, m->id);
+        join_error(r, v, KF_ERR_FENCED_INSTANCE_ID, m->id);
         return;
     }
     m->session_ms = req->session_timeout_ms;
@@ -843,7 +823,7 @@ static void join_known_member(struct group *grp, struct kf_conn *c, struct kf_re
                                                     : req->session_timeout_ms;
     bool same = protocols_same(m, req);
     if (!same && member_set_protocols(m, req) != WR_OK) {
-        join_error(r, v, ERR_UNKNOWN_SERVER, m->id);
+        join_error(r, v, KF_ERR_UNKNOWN_SERVER_ERROR, m->id);
         return;
     }
     member_touch(m);
@@ -864,29 +844,29 @@ void kf_group_join_group(struct kf_groups *g, struct kf_conn *c, struct kf_reply
                          int16_t version, const struct kf_join_group_request *req)
 {
     bool unknown = !req->member_id.ptr || req->member_id.len == 0;
-    int16_t error = ERR_NONE;
+    int16_t error = KF_ERR_NONE;
     struct group *grp = NULL;
     if (!name_ok(req->group_id))
-        error = ERR_INVALID_GROUP_ID;
+        error = KF_ERR_INVALID_GROUP_ID;
     else if (req->session_timeout_ms < g->min_session_ms ||
              req->session_timeout_ms > g->max_session_ms)
-        error = ERR_INVALID_SESSION_TIMEOUT;
+        error = KF_ERR_INVALID_SESSION_TIMEOUT;
     else if (!name_ok(req->protocol_type) || req->n_protocols <= 0)
-        error = ERR_INCONSISTENT_GROUP_PROTOCOL;
+        error = KF_ERR_INCONSISTENT_GROUP_PROTOCOL;
     for (int32_t i = 0; !error && i < req->n_protocols; i++)
         if (!name_ok(req->protocols[i].name))
-            error = ERR_INCONSISTENT_GROUP_PROTOCOL;
+            error = KF_ERR_INCONSISTENT_GROUP_PROTOCOL;
     if (!error && !(grp = group_find(g, req->group_id))) {
         char *id = unknown ? str_dup(req->group_id) : NULL;
         if (!unknown)
-            error = ERR_UNKNOWN_MEMBER_ID;
+            error = KF_ERR_UNKNOWN_MEMBER_ID;
         else if (!id || !(grp = group_new(g, id)))
-            error = ERR_UNKNOWN_SERVER;
+            error = KF_ERR_UNKNOWN_SERVER_ERROR;
         free(id);
     }
     if (!error && !protocols_fit(grp, unknown ? member_by_instance(grp, req->group_instance_id)
                                                : member_find(grp, req->member_id), req))
-        error = ERR_INCONSISTENT_GROUP_PROTOCOL;
+        error = KF_ERR_INCONSISTENT_GROUP_PROTOCOL;
     if (error) {
         char *id = req->member_id.ptr ? str_dup(req->member_id) : NULL;
         join_error(r, version, error, id);
@@ -931,22 +911,22 @@ void kf_group_sync_group(struct kf_groups *g, struct kf_conn *c, struct kf_reply
     (void)c;
     struct group *grp = group_find(g, req->group_id);
     struct member *m = grp ? member_find(grp, req->member_id) : NULL;
-    int16_t error = ERR_NONE;
+    int16_t error = KF_ERR_NONE;
     if (grp && instance_fenced(grp, req->group_instance_id, req->member_id))
-        error = ERR_FENCED_INSTANCE_ID;
+        error = KF_ERR_FENCED_INSTANCE_ID;
     else if (!m)
-        error = ERR_UNKNOWN_MEMBER_ID;
+        error = KF_ERR_UNKNOWN_MEMBER_ID;
     else if (req->generation_id != grp->generation)
-        error = ERR_ILLEGAL_GENERATION;
+        error = KF_ERR_ILLEGAL_GENERATION;
     else if (grp->state == PREPARING)
-        error = ERR_REBALANCE_IN_PROGRESS;
+        error = KF_ERR_REBALANCE_IN_PROGRESS;
     if (error) {
         sync_answer(r, version, error, NULL, 0);
         return;
     }
     member_touch(m);
     if (grp->state == STABLE) {
-        sync_answer(r, version, ERR_NONE, m->assignment, m->assignment_len);
+        sync_answer(r, version, KF_ERR_NONE, m->assignment, m->assignment_len);
         return;
     }
     member_wait_sync(m, r, version);
@@ -960,7 +940,7 @@ void kf_group_sync_group(struct kf_groups *g, struct kf_conn *c, struct kf_reply
             continue;
         o->awaiting_sync = false;
         if (o->sync_r)
-            sync_answer(o->sync_r, o->sync_v, ERR_NONE, o->assignment, o->assignment_len);
+            sync_answer(o->sync_r, o->sync_v, KF_ERR_NONE, o->assignment, o->assignment_len);
         o->sync_r = NULL;
     }
 }
@@ -976,14 +956,14 @@ void kf_group_heartbeat(struct kf_groups *g, struct kf_conn *c, struct kf_reply 
     struct kf_heartbeat_response rsp;
     kf_heartbeat_response_init(&rsp);
     if (grp && instance_fenced(grp, req->group_instance_id, req->member_id)) {
-        rsp.error_code = ERR_FENCED_INSTANCE_ID;
+        rsp.error_code = KF_ERR_FENCED_INSTANCE_ID;
     } else if (!m) {
-        rsp.error_code = ERR_UNKNOWN_MEMBER_ID;
+        rsp.error_code = KF_ERR_UNKNOWN_MEMBER_ID;
     } else if (req->generation_id != grp->generation) {
-        rsp.error_code = ERR_ILLEGAL_GENERATION;
+        rsp.error_code = KF_ERR_ILLEGAL_GENERATION;
     } else {
         member_touch(m);
-        rsp.error_code = grp->state == PREPARING ? ERR_REBALANCE_IN_PROGRESS : ERR_NONE;
+        rsp.error_code = grp->state == PREPARING ? KF_ERR_REBALANCE_IN_PROGRESS : KF_ERR_NONE;
     }
     struct wr_bytes out = {0};
     kf_heartbeat_response_encode(&out, version, &rsp);
@@ -998,23 +978,23 @@ static int16_t leave_one(struct group *grp, struct kf_str member_id, struct kf_s
     if (instance.ptr) {
         m = member_by_instance(grp, instance);
         if (!m)
-            return ERR_UNKNOWN_MEMBER_ID;
+            return KF_ERR_UNKNOWN_MEMBER_ID;
         if (member_id.ptr && member_id.len > 0 && !str_is(member_id, m->id))
-            return ERR_FENCED_INSTANCE_ID;
+            return KF_ERR_FENCED_INSTANCE_ID;
     } else {
         size_t pi = pending_index(grp, member_id);
         if (pi < grp->n_pending) {
             pending_free(grp->pending[pi]);
             grp->pending[pi] = grp->pending[--grp->n_pending];
             try_complete_join(grp);
-            return ERR_NONE;
+            return KF_ERR_NONE;
         }
         if (!(m = member_find(grp, member_id)))
-            return ERR_UNKNOWN_MEMBER_ID;
+            return KF_ERR_UNKNOWN_MEMBER_ID;
     }
     wr_log(WR_LOG_DEBUG, "kafka", "group '%s': member %s leaves", grp->id, m->id);
     member_remove(grp, m);
-    return ERR_NONE;
+    return KF_ERR_NONE;
 }
 
 void kf_group_leave_group(struct kf_groups *g, struct kf_conn *c, struct kf_reply *r,
@@ -1031,14 +1011,14 @@ void kf_group_leave_group(struct kf_groups *g, struct kf_conn *c, struct kf_repl
                                                                   sizeof *res);
     struct group *grp = group_find(g, req->group_id);
     if (!res) {
-        rsp.error_code = ERR_UNKNOWN_SERVER;
+        rsp.error_code = KF_ERR_UNKNOWN_SERVER_ERROR;
     } else {
         for (int32_t i = 0; i < n; i++) {
             res[i].member_id = who[i].member_id;
             res[i].group_instance_id = who[i].group_instance_id;
             res[i].error_code = grp ? leave_one(grp, who[i].member_id,
                                                 who[i].group_instance_id)
-                                    : ERR_UNKNOWN_MEMBER_ID;
+                                    : KF_ERR_UNKNOWN_MEMBER_ID;
         }
         rsp.members = res;
         rsp.n_members = n;
@@ -1097,26 +1077,26 @@ static void answer_when_durable(struct kf_groups *g, struct kf_reply *r, struct 
 
 /* ---- OffsetCommit --------------------------------------------------------------------- */
 
-/* Whether the group lets this request commit (Kafka's rules): ERR_NONE or the error of
+/* Whether the group lets this request commit (Kafka's rules): KF_ERR_NONE or the error of
  * every partition. */
 static int16_t commit_allowed(struct group *grp, const struct kf_offset_commit_request *req)
 {
     int32_t gen = req->generation_id_or_member_epoch;
     if (!grp)
-        return gen < 0 ? ERR_NONE : ERR_ILLEGAL_GENERATION;
+        return gen < 0 ? KF_ERR_NONE : KF_ERR_ILLEGAL_GENERATION;
     if (instance_fenced(grp, req->group_instance_id, req->member_id))
-        return ERR_FENCED_INSTANCE_ID;
+        return KF_ERR_FENCED_INSTANCE_ID;
     if (gen < 0 && grp->state == EMPTY)
-        return ERR_NONE; /* the group only stores offsets (assign() mode) */
+        return KF_ERR_NONE; /* the group only stores offsets (assign() mode) */
     if (grp->state == COMPLETING)
-        return ERR_REBALANCE_IN_PROGRESS;
+        return KF_ERR_REBALANCE_IN_PROGRESS;
     struct member *m = member_find(grp, req->member_id);
     if (!m)
-        return ERR_UNKNOWN_MEMBER_ID;
+        return KF_ERR_UNKNOWN_MEMBER_ID;
     if (gen != grp->generation)
-        return ERR_ILLEGAL_GENERATION;
+        return KF_ERR_ILLEGAL_GENERATION;
     member_touch(m);
-    return ERR_NONE;
+    return KF_ERR_NONE;
 }
 
 /* Encodes rsp with staged_error for every partition without an error of its own. */
@@ -1126,7 +1106,7 @@ static void commit_encode(struct wr_bytes *out, int16_t v, struct kf_offset_comm
     for (int32_t t = 0; t < rsp->n_topics; t++) {
         struct kf_offset_commit_response_offset_commit_response_topic *rt = &rsp->topics[t];
         for (int32_t p = 0; p < rt->n_partitions; p++)
-            if (rt->partitions[p].error_code == ERR_NONE)
+            if (rt->partitions[p].error_code == KF_ERR_NONE)
                 rt->partitions[p].error_code = staged_error;
     }
     kf_offset_commit_response_encode(out, v, rsp);
@@ -1141,10 +1121,10 @@ void kf_group_offset_commit(struct kf_groups *g, struct kf_conn *c, struct kf_re
     struct kf_arena a = {0};
     bool ok_name = name_ok(req->group_id);
     struct group *grp = ok_name ? group_find(g, req->group_id) : NULL;
-    int16_t group_error = ok_name ? commit_allowed(grp, req) : ERR_INVALID_GROUP_ID;
+    int16_t group_error = ok_name ? commit_allowed(grp, req) : KF_ERR_INVALID_GROUP_ID;
     char *gid = ok_name ? str_dup(req->group_id) : NULL;
     if (ok_name && !gid)
-        group_error = ERR_UNKNOWN_SERVER;
+        group_error = KF_ERR_UNKNOWN_SERVER_ERROR;
     int32_t nt = req->n_topics > 0 ? req->n_topics : 0;
     rsp.topics = kf_arena_alloc(&a, (size_t)nt * sizeof *rsp.topics + 1);
     bool staged = false, oom = !rsp.topics;
@@ -1166,10 +1146,10 @@ void kf_group_offset_commit(struct kf_groups *g, struct kf_conn *c, struct kf_re
             int16_t e = group_error;
             if (!e && (!name_ok(qt->name) || qp->partition_index < 0 ||
                        qp->partition_index >= KF_OFFSETS_MAX_PARTITION))
-                e = ERR_UNKNOWN_TOPIC_OR_PARTITION;
+                e = KF_ERR_UNKNOWN_TOPIC_OR_PARTITION;
             else if (!e && qp->committed_metadata.ptr &&
                      qp->committed_metadata.len > METADATA_MAX)
-                e = ERR_OFFSET_METADATA_TOO_LARGE;
+                e = KF_ERR_OFFSET_METADATA_TOO_LARGE;
             rt->partitions[p].partition_index = qp->partition_index;
             rt->partitions[p].error_code = e;
             if (e)
@@ -1193,9 +1173,9 @@ void kf_group_offset_commit(struct kf_groups *g, struct kf_conn *c, struct kf_re
         kf_offset_commit_response_init(&rsp);
         kf_offset_commit_response_encode(&ok, version, &rsp);
     } else {
-        commit_encode(&ok, version, &rsp, rc == WR_OK ? ERR_NONE : ERR_KAFKA_STORAGE);
+        commit_encode(&ok, version, &rsp, rc == WR_OK ? KF_ERR_NONE : KF_ERR_KAFKA_STORAGE_ERROR);
         if (staged && rc == WR_OK)
-            commit_encode(&failed, version, &rsp, ERR_KAFKA_STORAGE);
+            commit_encode(&failed, version, &rsp, KF_ERR_KAFKA_STORAGE_ERROR);
     }
     kf_arena_free(&a);
     free(gid);
@@ -1225,10 +1205,10 @@ void kf_group_offset_fetch(struct kf_groups *g, struct kf_conn *c, struct kf_rep
     struct kf_offset_fetch_response rsp;
     kf_offset_fetch_response_init(&rsp);
     struct kf_arena a = {0};
-    int16_t error = name_ok(req->group_id) ? ERR_NONE : ERR_INVALID_GROUP_ID;
+    int16_t error = name_ok(req->group_id) ? KF_ERR_NONE : KF_ERR_INVALID_GROUP_ID;
     char *gid = error ? NULL : str_dup(req->group_id);
     if (!error && !gid)
-        error = ERR_UNKNOWN_SERVER;
+        error = KF_ERR_UNKNOWN_SERVER_ERROR;
     rsp.error_code = error;
     bool oom = false;
     if (req->n_topics < 0) {
@@ -1274,7 +1254,7 @@ void kf_group_offset_fetch(struct kf_groups *g, struct kf_conn *c, struct kf_rep
     }
     if (oom) {
         kf_offset_fetch_response_init(&rsp);
-        rsp.error_code = ERR_UNKNOWN_SERVER;
+        rsp.error_code = KF_ERR_UNKNOWN_SERVER_ERROR;
     }
     struct wr_bytes out = {0};
     kf_offset_fetch_response_encode(&out, version, &rsp);
@@ -1294,7 +1274,7 @@ static int describe_one(struct kf_groups *g, struct kf_arena *a, struct kf_str i
     d->protocol_data = kf_str_c("");
     const struct group *grp = name_ok(id) ? group_find(g, id) : NULL;
     if (!name_ok(id)) {
-        d->error_code = ERR_INVALID_GROUP_ID;
+        d->error_code = KF_ERR_INVALID_GROUP_ID;
         d->group_state = kf_str_c("");
         return WR_OK;
     }
@@ -1357,7 +1337,7 @@ void kf_group_list_groups(struct kf_groups *g, struct kf_conn *c, struct kf_repl
         n++;
     rsp.groups = calloc(n ? n : 1, sizeof *rsp.groups);
     if (!rsp.groups) {
-        rsp.error_code = ERR_UNKNOWN_SERVER;
+        rsp.error_code = KF_ERR_UNKNOWN_SERVER_ERROR;
     } else {
         for (const struct group *grp = g->groups; grp; grp = grp->next, rsp.n_groups++) {
             rsp.groups[rsp.n_groups].group_id = kf_str_c(grp->id);
@@ -1385,17 +1365,17 @@ void kf_group_delete_groups(struct kf_groups *g, struct kf_conn *c, struct kf_re
         struct group *grp = name_ok(id) ? group_find(g, id) : NULL;
         rsp.results[i].group_id = id;
         if (!name_ok(id)) {
-            rsp.results[i].error_code = ERR_INVALID_GROUP_ID;
+            rsp.results[i].error_code = KF_ERR_INVALID_GROUP_ID;
         } else if (!grp) {
-            rsp.results[i].error_code = ERR_GROUP_ID_NOT_FOUND;
+            rsp.results[i].error_code = KF_ERR_GROUP_ID_NOT_FOUND;
         } else if (grp->state != EMPTY || grp->n_members || grp->n_pending) {
-            rsp.results[i].error_code = ERR_NON_EMPTY_GROUP;
+            rsp.results[i].error_code = KF_ERR_NON_EMPTY_GROUP;
         } else {
             kf_offsets_stage_delete(g->offsets, grp->id);
             struct wr_error err = {0};
             if (kf_offsets_flush(g->offsets, &err) != WR_OK) {
                 wr_log(WR_LOG_ERROR, "kafka", "group '%s' not deleted: %s", grp->id, err.msg);
-                rsp.results[i].error_code = ERR_KAFKA_STORAGE;
+                rsp.results[i].error_code = KF_ERR_KAFKA_STORAGE_ERROR;
                 continue;
             }
             wrote = true;
@@ -1408,8 +1388,8 @@ void kf_group_delete_groups(struct kf_groups *g, struct kf_conn *c, struct kf_re
     kf_delete_groups_response_encode(&ok, version, &rsp);
     if (wrote) {
         for (int32_t i = 0; i < rsp.n_results; i++)
-            if (rsp.results[i].error_code == ERR_NONE)
-                rsp.results[i].error_code = ERR_KAFKA_STORAGE;
+            if (rsp.results[i].error_code == KF_ERR_NONE)
+                rsp.results[i].error_code = KF_ERR_KAFKA_STORAGE_ERROR;
         kf_delete_groups_response_encode(&failed, version, &rsp);
     }
     free(rsp.results);
@@ -1458,7 +1438,7 @@ void kf_groups_free(struct kf_groups *g)
         struct group *grp = g->groups;
         g->groups = grp->next;
         for (size_t i = 0; i < grp->n_members; i++)
-            member_answer_waits(grp->members[i], ERR_COORDINATOR_NOT_AVAILABLE);
+            member_answer_waits(grp->members[i], KF_ERR_COORDINATOR_NOT_AVAILABLE);
         group_free(grp);
     }
     kf_offsets_close(g->offsets);

@@ -28,30 +28,6 @@
 #include "kafka_msgs.h"
 #include "group.h"
 
-/* Kafka's error codes (ERROR-CODES.tsv) that these handlers return. */
-enum {
-    E_NONE = 0,
-    E_UNKNOWN_SERVER_ERROR = -1,
-    E_OFFSET_OUT_OF_RANGE = 1,
-    E_CORRUPT_MESSAGE = 2,
-    E_UNKNOWN_TOPIC_OR_PARTITION = 3,
-    E_NOT_LEADER_OR_FOLLOWER = 6,
-    E_INVALID_TOPIC_EXCEPTION = 17,
-    E_UNSUPPORTED_SASL_MECHANISM = 33,
-    E_ILLEGAL_SASL_STATE = 34,
-    E_UNSUPPORTED_VERSION = 35,
-    E_TOPIC_ALREADY_EXISTS = 36,
-    E_INVALID_PARTITIONS = 37,
-    E_INVALID_REPLICATION_FACTOR = 38,
-    E_INVALID_REPLICA_ASSIGNMENT = 39,
-    E_INVALID_CONFIG = 40,
-    E_INVALID_REQUEST = 42,
-    E_UNSUPPORTED_FOR_MESSAGE_FORMAT = 43,
-    E_OUT_OF_ORDER_SEQUENCE_NUMBER = 45,
-    E_INVALID_PRODUCER_EPOCH = 47,
-    E_KAFKA_STORAGE_ERROR = 56,
-    E_SASL_AUTHENTICATION_FAILED = 58,
-};
 
 #define TOPIC_NAME_MAX 249
 #define SEQ_CACHE 5 /* batches remembered per producer and partition, as Kafka */
@@ -195,18 +171,18 @@ static int16_t create_topic(struct kf_conn *c, const char *name, int32_t partiti
     const char *storage = vh ? wr_vhost_storage(vh, WR_ROLE_STREAM) : NULL;
     if (!storage) {
         snprintf(why, why_size, "no log storage is loaded");
-        return E_UNKNOWN_SERVER_ERROR;
+        return KF_ERR_UNKNOWN_SERVER_ERROR;
     }
     if (wr_queue_find(vh, name)) {
         snprintf(why, why_size, "Topic '%s' already exists.", name);
-        return E_TOPIC_ALREADY_EXISTS;
+        return KF_ERR_TOPIC_ALREADY_EXISTS;
     }
     if (partitions < 1 || partitions > 100000) {
         snprintf(why, why_size, "Number of partitions must be between 1 and 100000.");
-        return E_INVALID_PARTITIONS;
+        return KF_ERR_INVALID_PARTITIONS;
     }
     if (validate_only)
-        return E_NONE;
+        return KF_ERR_NONE;
     struct wr_queue_decl d;
     wr_queue_decl_init(&d, name);
     d.storage = storage;
@@ -218,10 +194,10 @@ static int16_t create_topic(struct kf_conn *c, const char *name, int32_t partiti
     if (wr_queue_declare(vh, &d, &q, &err) != WR_OK) {
         snprintf(why, why_size, "%s", err.msg);
         kf_conn_log(c, WR_LOG_WARN, "cannot create topic '%s': %s", name, err.msg);
-        return err.code == WR_EINVAL ? E_INVALID_CONFIG : E_UNKNOWN_SERVER_ERROR;
+        return err.code == WR_EINVAL ? KF_ERR_INVALID_CONFIG : KF_ERR_UNKNOWN_SERVER_ERROR;
     }
     kf_conn_log(c, WR_LOG_INFO, "created topic '%s' with %d partition(s)", name, partitions);
-    return E_NONE;
+    return KF_ERR_NONE;
 }
 
 /* ---- ApiVersions ------------------------------------------------------------------------- */
@@ -252,7 +228,7 @@ static void api_versions_answer(struct kf_reply *r, int16_t version, int16_t err
 
 void kf_api_versions_unsupported(struct kf_reply *r)
 {
-    api_versions_answer(r, 0, E_UNSUPPORTED_VERSION);
+    api_versions_answer(r, 0, KF_ERR_UNSUPPORTED_VERSION);
 }
 
 /* ---- Metadata ---------------------------------------------------------------------------- */
@@ -330,7 +306,7 @@ static int metadata(struct kf_conn *c, struct kf_reply *r, int16_t v,
             return WR_ENOMEM;
         for (size_t i = 0; i < all.n; i++)
             if (!metadata_topic(c, a, v, all.topics[i], kf_str_c(wr_queue_name(all.topics[i])),
-                                E_NONE, &m.topics[i]))
+                                KF_ERR_NONE, &m.topics[i]))
                 return WR_ENOMEM;
         m.n_topics = (int32_t)all.n;
         struct wr_bytes out = {0};
@@ -347,18 +323,18 @@ static int metadata(struct kf_conn *c, struct kf_reply *r, int16_t v,
         char name[TOPIC_NAME_MAX + 1];
         struct kf_str s = req->topics[i].name;
         struct wr_queue *q = NULL;
-        int16_t error = E_NONE;
+        int16_t error = KF_ERR_NONE;
         if (!topic_name(s, name)) {
-            error = E_INVALID_TOPIC_EXCEPTION;
+            error = KF_ERR_INVALID_TOPIC_EXCEPTION;
         } else if (!(q = find_topic(c, name))) {
             char why[WR_ERROR_MSG_MAX];
-            error = E_UNKNOWN_TOPIC_OR_PARTITION;
+            error = KF_ERR_UNKNOWN_TOPIC_OR_PARTITION;
             if (may_create && !wr_queue_find(kf_conn_vhost(c), name) &&
                 create_topic(c, name, l->default_partitions, NULL, false, why, sizeof why) ==
-                    E_NONE)
+                    KF_ERR_NONE)
                 q = find_topic(c, name);
             if (q)
-                error = E_NONE;
+                error = KF_ERR_NONE;
         }
         if (!metadata_topic(c, a, v, q, s.ptr ? s : kf_str_c(""), error, &m.topics[i]))
             return WR_ENOMEM;
@@ -394,19 +370,19 @@ static int create_topics(struct kf_conn *c, struct kf_reply *r, int16_t v,
             return WR_ENOMEM;
         int32_t partitions = t->num_partitions == -1 ? l->default_partitions : t->num_partitions;
         if (!topic_name(t->name, name)) {
-            res->error_code = E_INVALID_TOPIC_EXCEPTION;
+            res->error_code = KF_ERR_INVALID_TOPIC_EXCEPTION;
             snprintf(why, sizeof why, "Topic name is not valid.");
         } else if (t->replication_factor != -1 && t->replication_factor != 1) {
-            res->error_code = E_INVALID_REPLICATION_FACTOR;
+            res->error_code = KF_ERR_INVALID_REPLICATION_FACTOR;
             snprintf(why, sizeof why, "Replication factor: %d larger than available brokers: 1.",
                      t->replication_factor);
         } else if (t->n_assignments > 0) {
-            res->error_code = E_INVALID_REPLICA_ASSIGNMENT;
+            res->error_code = KF_ERR_INVALID_REPLICA_ASSIGNMENT;
             snprintf(why, sizeof why, "warren does not take replica assignments.");
         } else {
             for (int32_t k = 0; k < t->n_configs && !res->error_code; k++)
                 if (!config_add(opts, t->configs[k].name, t->configs[k].value)) {
-                    res->error_code = E_INVALID_CONFIG;
+                    res->error_code = KF_ERR_INVALID_CONFIG;
                     snprintf(why, sizeof why, "Invalid value for config %.*s.",
                              t->configs[k].name.len, t->configs[k].name.ptr);
                 }
@@ -442,10 +418,10 @@ static int delete_topics(struct kf_conn *c, struct kf_reply *r, int16_t v,
         struct wr_queue *q = topic_name(req->topic_names[i], name) ? find_topic(c, name) : NULL;
         struct wr_error err = {0};
         if (!q) {
-            res->error_code = E_UNKNOWN_TOPIC_OR_PARTITION;
+            res->error_code = KF_ERR_UNKNOWN_TOPIC_OR_PARTITION;
         } else if (wr_queue_delete(q, false, false, NULL, &err) != WR_OK) {
             kf_conn_log(c, WR_LOG_WARN, "cannot delete topic '%s': %s", name, err.msg);
-            res->error_code = E_UNKNOWN_SERVER_ERROR;
+            res->error_code = KF_ERR_UNKNOWN_SERVER_ERROR;
         } else {
             kf_conn_log(c, WR_LOG_INFO, "deleted topic '%s'", name);
         }
@@ -473,16 +449,16 @@ static int create_partitions(struct kf_conn *c, struct kf_reply *r, int16_t v,
         char name[TOPIC_NAME_MAX + 1], why[160];
         struct wr_queue *q = topic_name(req->topics[i].name, name) ? find_topic(c, name) : NULL;
         if (!q) {
-            res->error_code = E_UNKNOWN_TOPIC_OR_PARTITION;
+            res->error_code = KF_ERR_UNKNOWN_TOPIC_OR_PARTITION;
             continue;
         }
         uint32_t have = wr_queue_partitions(q);
         if (req->topics[i].count <= (int32_t)have) {
-            res->error_code = E_INVALID_PARTITIONS;
+            res->error_code = KF_ERR_INVALID_PARTITIONS;
             snprintf(why, sizeof why, "Topic currently has %u partitions, which is higher than "
                      "or equal to the requested %d.", have, req->topics[i].count);
         } else {
-            res->error_code = E_INVALID_REQUEST;
+            res->error_code = KF_ERR_INVALID_REQUEST;
             snprintf(why, sizeof why, "warren's log storage cannot add partitions to an "
                      "existing topic yet.");
         }
@@ -531,7 +507,7 @@ static int describe_configs(struct kf_conn *c, struct kf_reply *r, int16_t v,
         char name[TOPIC_NAME_MAX + 1];
         struct wr_queue *q = topic_name(res->resource_name, name) ? find_topic(c, name) : NULL;
         if (!q) {
-            out->error_code = E_UNKNOWN_TOPIC_OR_PARTITION;
+            out->error_code = KF_ERR_UNKNOWN_TOPIC_OR_PARTITION;
             out->error_message = kf_str_c("Topic does not exist.");
             continue;
         }
@@ -582,7 +558,7 @@ static int init_producer_id(struct kf_conn *c, struct kf_reply *r, int16_t v,
     struct kf_init_producer_id_response m;
     kf_init_producer_id_response_init(&m);
     if (req->transactional_id.ptr) {
-        m.error_code = E_INVALID_REQUEST; /* no transactions (see docs/kafka.md) */
+        m.error_code = KF_ERR_INVALID_REQUEST; /* no transactions (see docs/kafka.md) */
     } else {
         m.producer_id = h->next_producer_id++;
         m.producer_epoch = 0;
@@ -602,15 +578,15 @@ static struct producer_state *producer_find(struct kf_handlers *h, int64_t pid,
     return NULL;
 }
 
-/* Checks a batch's sequence. Returns E_NONE to append it, an error, or -2 (a duplicate:
+/* Checks a batch's sequence. Returns KF_ERR_NONE to append it, an error, or -2 (a duplicate:
  * *dup_offset is where it went the first time). */
 static int check_sequence(struct producer_state *p, int16_t epoch, int32_t first, int32_t last,
                           int64_t *dup_offset)
 {
     if (!p || epoch > p->epoch)
-        return E_NONE;
+        return KF_ERR_NONE;
     if (epoch < p->epoch)
-        return E_INVALID_PRODUCER_EPOCH;
+        return KF_ERR_INVALID_PRODUCER_EPOCH;
     for (int i = 0; i < p->n; i++) {
         const struct seq_batch *b = &p->batches[i];
         if (b->first == first && b->last == last) {
@@ -620,7 +596,7 @@ static int check_sequence(struct producer_state *p, int16_t epoch, int32_t first
     }
     int32_t newest = p->batches[(p->at + SEQ_CACHE - 1) % SEQ_CACHE].last;
     int32_t next = newest == INT32_MAX ? 0 : newest + 1;
-    return first == next ? E_NONE : E_OUT_OF_ORDER_SEQUENCE_NUMBER;
+    return first == next ? KF_ERR_NONE : KF_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER;
 }
 
 static void remember_sequence(struct kf_handlers *h, struct producer_state *p, int64_t pid,
@@ -673,7 +649,7 @@ static void produce_answer(struct produce_wait *w, int16_t error)
 
 static void on_produce_synced(void *data, int status)
 {
-    produce_answer(data, status == WR_OK ? E_NONE : E_KAFKA_STORAGE_ERROR);
+    produce_answer(data, status == WR_OK ? KF_ERR_NONE : KF_ERR_KAFKA_STORAGE_ERROR);
 }
 
 static void on_produce_abort(struct kf_reply *r, void *data)
@@ -682,7 +658,7 @@ static void on_produce_abort(struct kf_reply *r, void *data)
     struct produce_wait *w = data;
     wr_sync_cancel(w->sync);
     /* not known durable: the client retries elsewhere (or here, after a restart) */
-    produce_answer(w, E_NOT_LEADER_OR_FOLLOWER);
+    produce_answer(w, KF_ERR_NOT_LEADER_OR_FOLLOWER);
 }
 
 /* Appends one partition's records (one or more batches); returns a Kafka error code. */
@@ -694,16 +670,16 @@ static int16_t produce_partition(struct kf_conn *c, struct wr_queue *q, const ch
     uint8_t *p = (uint8_t *)records.ptr; /* the connection's input buffer: ours to change */
     size_t left = records.ptr ? (size_t)records.len : 0;
     if (!left)
-        return E_CORRUPT_MESSAGE;
+        return KF_ERR_CORRUPT_MESSAGE;
     *base = -1;
     while (left) {
         if (left < 17)
-            return E_CORRUPT_MESSAGE;
+            return KF_ERR_CORRUPT_MESSAGE;
         if (p[16] != 2)
-            return E_UNSUPPORTED_FOR_MESSAGE_FORMAT;
+            return KF_ERR_UNSUPPORTED_FOR_MESSAGE_FORMAT;
         size_t len = 12 + (size_t)be32(p + 8);
         if (len < BATCH_HEADER || len > left)
-            return E_CORRUPT_MESSAGE;
+            return KF_ERR_CORRUPT_MESSAGE;
         int64_t pid = (int64_t)be64(p + 43);
         int16_t epoch = (int16_t)(p[51] << 8 | p[52]);
         int32_t first = (int32_t)be32(p + 53);
@@ -723,10 +699,10 @@ static int16_t produce_partition(struct kf_conn *c, struct wr_queue *q, const ch
             struct wr_error err = {0};
             int rc = wr_queue_append_batch(q, partition, p, len, &assigned, &err);
             if (rc == WR_EPROTO)
-                return E_CORRUPT_MESSAGE;
+                return KF_ERR_CORRUPT_MESSAGE;
             if (rc != WR_OK) {
                 kf_conn_log(c, WR_LOG_WARN, "append to %s-%u: %s", topic, partition, err.msg);
-                return E_KAFKA_STORAGE_ERROR;
+                return KF_ERR_KAFKA_STORAGE_ERROR;
             }
             offset = (int64_t)assigned;
             *appended = true;
@@ -738,7 +714,7 @@ static int16_t produce_partition(struct kf_conn *c, struct wr_queue *q, const ch
         p += len;
         left -= len;
     }
-    return E_NONE;
+    return KF_ERR_NONE;
 }
 
 static int produce(struct kf_conn *c, struct kf_reply *r, int16_t v,
@@ -776,14 +752,14 @@ static int produce(struct kf_conn *c, struct kf_reply *r, int16_t v,
             pr->index = pd->index;
             pr->base_offset = -1;
             if (v < 3)
-                pr->error_code = E_UNSUPPORTED_VERSION;
+                pr->error_code = KF_ERR_UNSUPPORTED_VERSION;
             else if (!q || pd->index < 0 || (uint32_t)pd->index >= wr_queue_partitions(q))
-                pr->error_code = E_UNKNOWN_TOPIC_OR_PARTITION;
+                pr->error_code = KF_ERR_UNKNOWN_TOPIC_OR_PARTITION;
             else
                 pr->error_code = produce_partition(c, q, name, (uint32_t)pd->index, pd->records,
                                                    &pr->base_offset, &appended);
             uint64_t earliest = 0, latest = 0;
-            if (q && pr->error_code != E_UNKNOWN_TOPIC_OR_PARTITION &&
+            if (q && pr->error_code != KF_ERR_UNKNOWN_TOPIC_OR_PARTITION &&
                 wr_queue_offsets(q, (uint32_t)pd->index, &earliest, &latest) == WR_OK)
                 pr->log_start_offset = (int64_t)earliest;
         }
@@ -804,7 +780,7 @@ static int produce(struct kf_conn *c, struct kf_reply *r, int16_t v,
         kf_reply_on_abort(r, on_produce_abort, w);
         return WR_OK;
     }
-    produce_answer(w, appended ? E_KAFKA_STORAGE_ERROR : E_NONE); /* no sync: out of memory */
+    produce_answer(w, appended ? KF_ERR_KAFKA_STORAGE_ERROR : KF_ERR_NONE); /* no sync: out of memory */
     return WR_OK;
 }
 
@@ -882,7 +858,7 @@ static bool fetch_try(struct fetch_wait *w, struct kf_conn *c, bool final)
             pr->high_watermark = pr->log_start = -1;
             uint64_t earliest = 0, latest = 0;
             if (!q || wr_queue_offsets(q, fp->index, &earliest, &latest) != WR_OK) {
-                pr->error = E_UNKNOWN_TOPIC_OR_PARTITION;
+                pr->error = KF_ERR_UNKNOWN_TOPIC_OR_PARTITION;
                 error = true;
                 continue;
             }
@@ -890,7 +866,7 @@ static bool fetch_try(struct fetch_wait *w, struct kf_conn *c, bool final)
             pr->log_start = (int64_t)earliest;
             if (fp->offset < 0 || (uint64_t)fp->offset < earliest ||
                 (uint64_t)fp->offset > latest) {
-                pr->error = E_OFFSET_OUT_OF_RANGE;
+                pr->error = KF_ERR_OFFSET_OUT_OF_RANGE;
                 error = true;
                 continue;
             }
@@ -899,10 +875,10 @@ static bool fetch_try(struct fetch_wait *w, struct kf_conn *c, bool final)
             size_t max = (size_t)(fp->max_bytes < budget ? fp->max_bytes : budget);
             int rc = wr_queue_read(q, fp->index, (uint64_t)fp->offset, max, &pr->slice, NULL);
             if (rc == WR_ENOTFOUND) {
-                pr->error = E_OFFSET_OUT_OF_RANGE;
+                pr->error = KF_ERR_OFFSET_OUT_OF_RANGE;
                 error = true;
             } else if (rc != WR_OK) {
-                pr->error = E_KAFKA_STORAGE_ERROR;
+                pr->error = KF_ERR_KAFKA_STORAGE_ERROR;
                 error = true;
             }
             budget -= (int64_t)pr->slice.length;
@@ -921,7 +897,7 @@ static bool fetch_try(struct fetch_wait *w, struct kf_conn *c, bool final)
     struct wr_bytes o = {0};
     kf_write_i32(&o, 0); /* throttle_time_ms */
     if (v >= 7) {
-        put_i16(&o, res ? E_NONE : E_UNKNOWN_SERVER_ERROR);
+        put_i16(&o, res ? KF_ERR_NONE : KF_ERR_UNKNOWN_SERVER_ERROR);
         kf_write_i32(&o, 0); /* session_id: no incremental fetch sessions */
     }
     kf_write_i32(&o, res ? w->n_topics : 0);
@@ -1109,7 +1085,7 @@ static int list_offsets(struct kf_conn *c, struct kf_reply *r, int16_t v,
             uint64_t earliest = 0, latest = 0, offset = 0;
             int64_t found = -1;
             if (!q || wr_queue_offsets(q, index, &earliest, &latest) != WR_OK)
-                pr->error_code = E_UNKNOWN_TOPIC_OR_PARTITION;
+                pr->error_code = KF_ERR_UNKNOWN_TOPIC_OR_PARTITION;
             else if (ts == -1)
                 pr->offset = (int64_t)latest;
             else if (ts == -2)
@@ -1134,12 +1110,12 @@ static int sasl_handshake(struct kf_conn *c, struct kf_reply *r, int16_t v,
     struct kf_sasl_handshake_response m;
     kf_sasl_handshake_response_init(&m);
     if (!l->sasl_plain || kf_conn_authenticated(c)) {
-        m.error_code = E_ILLEGAL_SASL_STATE;
+        m.error_code = KF_ERR_ILLEGAL_SASL_STATE;
     } else {
         m.mechanisms = &plain;
         m.n_mechanisms = 1;
         if (req->mechanism.len != 5 || memcmp(req->mechanism.ptr, "PLAIN", 5))
-            m.error_code = E_UNSUPPORTED_SASL_MECHANISM;
+            m.error_code = KF_ERR_UNSUPPORTED_SASL_MECHANISM;
         else if (v == 0)
             kf_conn_expect_sasl_token(c);
     }
@@ -1182,11 +1158,11 @@ static int sasl_authenticate(struct kf_conn *c, struct kf_reply *r, int16_t v,
     kf_sasl_authenticate_response_init(&m);
     m.auth_bytes = (struct kf_str){"", 0};
     if (!kf_conn_listener(c)->sasl_plain || kf_conn_authenticated(c)) {
-        m.error_code = E_ILLEGAL_SASL_STATE;
+        m.error_code = KF_ERR_ILLEGAL_SASL_STATE;
         m.error_message = kf_str_c("SASL is not expected now on this connection.");
     } else if (!plain_check(c, (const uint8_t *)req->auth_bytes.ptr,
                             req->auth_bytes.ptr ? (size_t)req->auth_bytes.len : 0)) {
-        m.error_code = E_SASL_AUTHENTICATION_FAILED;
+        m.error_code = KF_ERR_SASL_AUTHENTICATION_FAILED;
         m.error_message =
             kf_str_c("Authentication failed: Invalid username or password");
     }
@@ -1231,7 +1207,7 @@ int kf_dispatch(struct kf_conn *c, struct kf_reply *r, const struct kf_request_h
     switch (key) {
     case KF_API_API_VERSIONS: {
         DECODE(api_versions);
-        api_versions_answer(r, v, E_NONE);
+        api_versions_answer(r, v, KF_ERR_NONE);
         return WR_OK;
     }
     case KF_API_METADATA: {

@@ -416,7 +416,7 @@ Test(kafka_group, three_members_one_late_one_leaving)
     /* bravo joins: alpha learns it from its heartbeat and rejoins. */
     struct kf_reply *jb = join(&cb, 1, "g", NULL, NULL, 10000, "mb");
     cr_assert(!jb->done, "the join waits for alpha");
-    cr_assert_eq(heartbeat(0, "g", gen1, ida, NULL), ERR_REBALANCE_IN_PROGRESS);
+    cr_assert_eq(heartbeat(0, "g", gen1, ida, NULL), KF_ERR_REBALANCE_IN_PROGRESS);
     a = join_result(join(&ca, 1, "g", ida, NULL, 10000, "ma"));
     struct kf_join_group_response b = join_result(jb);
     cr_assert_eq(a.error_code, 0);
@@ -443,8 +443,8 @@ Test(kafka_group, three_members_one_late_one_leaving)
 
     /* charlie joins late. */
     struct kf_reply *jc = join(&cc, 1, "g", NULL, NULL, 10000, "mc");
-    cr_assert_eq(heartbeat(0, "g", gen2, ida, NULL), ERR_REBALANCE_IN_PROGRESS);
-    cr_assert_eq(heartbeat(0, "g", gen2, idb, NULL), ERR_REBALANCE_IN_PROGRESS);
+    cr_assert_eq(heartbeat(0, "g", gen2, ida, NULL), KF_ERR_REBALANCE_IN_PROGRESS);
+    cr_assert_eq(heartbeat(0, "g", gen2, idb, NULL), KF_ERR_REBALANCE_IN_PROGRESS);
     struct kf_reply *ja = join(&ca, 1, "g", ida, NULL, 10000, "ma");
     cr_assert(!ja->done && !jc->done, "bravo has not rejoined yet");
     struct kf_reply *jb3 = join(&cb, 1, "g", idb, NULL, 10000, "mb");
@@ -468,8 +468,8 @@ Test(kafka_group, three_members_one_late_one_leaving)
 
     /* bravo leaves: the other two rebalance without it. */
     cr_assert_eq(leave("g", idb), 0);
-    cr_assert_eq(heartbeat(0, "g", gen3, idb, NULL), ERR_UNKNOWN_MEMBER_ID);
-    cr_assert_eq(heartbeat(0, "g", gen3, idc, NULL), ERR_REBALANCE_IN_PROGRESS);
+    cr_assert_eq(heartbeat(0, "g", gen3, idb, NULL), KF_ERR_UNKNOWN_MEMBER_ID);
+    cr_assert_eq(heartbeat(0, "g", gen3, idc, NULL), KF_ERR_REBALANCE_IN_PROGRESS);
     jc = join(&cc, 1, "g", idc, NULL, 10000, "mc");
     a = join_result(join(&ca, 1, "g", ida, NULL, 10000, "ma"));
     c = join_result(jc);
@@ -484,7 +484,7 @@ Test(kafka_group, three_members_one_late_one_leaving)
     cr_assert(str_eq(sync_result(sync_group(&ca, 0, "g", gen4, ida, NULL, as4, 2)).assignment,
                      "a4"));
     cr_assert(str_eq(sync_result(sc).assignment, "c4"));
-    cr_assert_eq(heartbeat(0, "g", gen3, ida, NULL), ERR_ILLEGAL_GENERATION);
+    cr_assert_eq(heartbeat(0, "g", gen3, ida, NULL), KF_ERR_ILLEGAL_GENERATION);
     cr_assert_eq(heartbeat(0, "g", gen4, ida, NULL), 0);
 }
 
@@ -499,7 +499,7 @@ Test(kafka_group, a_member_that_does_not_rejoin_is_dropped_after_the_rebalance_t
     const char *idb = keep(b.member_id);
     cr_assert(str_eq(b.leader, idb));
     cr_assert_eq(b.n_members, 1);
-    cr_assert_eq(heartbeat(0, "g", b.generation_id, ida, NULL), ERR_UNKNOWN_MEMBER_ID);
+    cr_assert_eq(heartbeat(0, "g", b.generation_id, ida, NULL), KF_ERR_UNKNOWN_MEMBER_ID);
 }
 
 static bool one_member(void *data)
@@ -531,18 +531,18 @@ Test(kafka_group, session_expiry_removes_a_silent_member)
         wr_loop_run_once(lp, 50, &err);
         e = heartbeat(0, "g", gen, ida, NULL);
     }
-    cr_assert_eq(e, ERR_REBALANCE_IN_PROGRESS, "bravo's expiry starts a rebalance");
+    cr_assert_eq(e, KF_ERR_REBALANCE_IN_PROGRESS, "bravo's expiry starts a rebalance");
     cr_assert(one_member(NULL));
     a = join_result(join(&ca, 1, "g", ida, NULL, 300, "ma"));
     cr_assert_eq(a.n_members, 1);
     cr_assert_gt(a.generation_id, gen);
-    cr_assert_eq(heartbeat(0, "g", a.generation_id, idb, NULL), ERR_UNKNOWN_MEMBER_ID);
+    cr_assert_eq(heartbeat(0, "g", a.generation_id, idb, NULL), KF_ERR_UNKNOWN_MEMBER_ID);
 }
 
 Test(kafka_group, member_id_required_from_join_group_v4)
 {
     struct kf_join_group_response a = join_result(join(&ca, 4, "g", NULL, NULL, 10000, "ma"));
-    cr_assert_eq(a.error_code, ERR_MEMBER_ID_REQUIRED);
+    cr_assert_eq(a.error_code, KF_ERR_MEMBER_ID_REQUIRED);
     cr_assert_eq(a.generation_id, -1);
     const char *ida = keep(a.member_id);
     cr_assert_eq(strncmp(ida, "alpha-", 6), 0);
@@ -555,7 +555,7 @@ Test(kafka_group, member_id_required_from_join_group_v4)
     cr_assert_eq(a.generation_id, 1);
     /* A made-up id is refused; v3 and below join in one step. */
     cr_assert_eq(join_result(join(&cb, 4, "g", "bravo-made-up", NULL, 10000, "mb")).error_code,
-                 ERR_UNKNOWN_MEMBER_ID);
+                 KF_ERR_UNKNOWN_MEMBER_ID);
     struct kf_reply *jb = join(&cb, 3, "g", NULL, NULL, 10000, "mb");
     cr_assert(!jb->done, "a v3 join enters the rebalance at once");
 }
@@ -569,13 +569,13 @@ Test(kafka_group, heartbeat_errors)
     struct assign as[] = {{ida, "a"}};
     sync_result(sync_group(&ca, 3, "g", gen, ida, NULL, as, 1));
     cr_assert_eq(heartbeat(3, "g", gen, ida, NULL), 0);
-    cr_assert_eq(heartbeat(3, "g", gen + 1, ida, NULL), ERR_ILLEGAL_GENERATION);
-    cr_assert_eq(heartbeat(3, "g", gen, "nobody", NULL), ERR_UNKNOWN_MEMBER_ID);
-    cr_assert_eq(heartbeat(3, "other", gen, ida, NULL), ERR_UNKNOWN_MEMBER_ID);
+    cr_assert_eq(heartbeat(3, "g", gen + 1, ida, NULL), KF_ERR_ILLEGAL_GENERATION);
+    cr_assert_eq(heartbeat(3, "g", gen, "nobody", NULL), KF_ERR_UNKNOWN_MEMBER_ID);
+    cr_assert_eq(heartbeat(3, "other", gen, ida, NULL), KF_ERR_UNKNOWN_MEMBER_ID);
     join(&cb, 2, "g", NULL, NULL, 10000, "mb");
-    cr_assert_eq(heartbeat(3, "g", gen, ida, NULL), ERR_REBALANCE_IN_PROGRESS);
+    cr_assert_eq(heartbeat(3, "g", gen, ida, NULL), KF_ERR_REBALANCE_IN_PROGRESS);
     cr_assert_eq(sync_result(sync_group(&ca, 3, "g", gen, ida, NULL, NULL, 0)).error_code,
-                 ERR_REBALANCE_IN_PROGRESS);
+                 KF_ERR_REBALANCE_IN_PROGRESS);
 }
 
 Test(kafka_group, protocols_must_overlap)
@@ -594,9 +594,9 @@ Test(kafka_group, protocols_must_overlap)
     req.n_protocols = 1;
     struct kf_reply *r = reply_new(1);
     kf_group_join_group(g, &cb, r, 1, &req);
-    cr_assert_eq(join_result(r).error_code, ERR_INCONSISTENT_GROUP_PROTOCOL);
+    cr_assert_eq(join_result(r).error_code, KF_ERR_INCONSISTENT_GROUP_PROTOCOL);
     cr_assert_eq(join_result(join(&cb, 1, "g", NULL, NULL, 5, "mb")).error_code,
-                 ERR_INVALID_SESSION_TIMEOUT);
+                 KF_ERR_INVALID_SESSION_TIMEOUT);
 }
 
 Test(kafka_group, offsets_commit_fetch_and_survive_a_restart)
@@ -618,14 +618,14 @@ Test(kafka_group, offsets_commit_fetch_and_survive_a_restart)
     struct kf_join_group_response a = join_result(join(&ca, 1, "g", NULL, NULL, 10000, "ma"));
     const char *ida = keep(a.member_id);
     int32_t gen = a.generation_id;
-    cr_assert_eq(commit(2, "g", gen, ida, "t", 1, 1), ERR_REBALANCE_IN_PROGRESS,
+    cr_assert_eq(commit(2, "g", gen, ida, "t", 1, 1), KF_ERR_REBALANCE_IN_PROGRESS,
                  "CompletingRebalance: no commits");
     struct assign as[] = {{ida, "a"}};
     sync_result(sync_group(&ca, 0, "g", gen, ida, NULL, as, 1));
     cr_assert_eq(commit(2, "g", gen, ida, "t", 5, 1), 0);
-    cr_assert_eq(commit(2, "g", gen + 1, ida, "t", 6, 1), ERR_ILLEGAL_GENERATION);
-    cr_assert_eq(commit(2, "g", gen, "nobody", "t", 6, 1), ERR_UNKNOWN_MEMBER_ID);
-    cr_assert_eq(commit(2, "nog", 3, "nobody", "t", 6, 1), ERR_ILLEGAL_GENERATION);
+    cr_assert_eq(commit(2, "g", gen + 1, ida, "t", 6, 1), KF_ERR_ILLEGAL_GENERATION);
+    cr_assert_eq(commit(2, "g", gen, "nobody", "t", 6, 1), KF_ERR_UNKNOWN_MEMBER_ID);
+    cr_assert_eq(commit(2, "nog", 3, "nobody", "t", 6, 1), KF_ERR_ILLEGAL_GENERATION);
     cr_assert_eq(fetch(3, "g", "t", 0, NULL), 5);
 
     /* Graceful stop and start on the same directory. */
@@ -641,7 +641,7 @@ Test(kafka_group, offsets_commit_fetch_and_survive_a_restart)
 
     /* Only an empty group can be deleted, and its offsets go with it, for good. */
     cr_assert_eq(delete_group("og"), 0);
-    cr_assert_eq(delete_group("og"), ERR_GROUP_ID_NOT_FOUND);
+    cr_assert_eq(delete_group("og"), KF_ERR_GROUP_ID_NOT_FOUND);
     cr_assert_eq(fetch(1, "og", "orders", 0, NULL), -1);
     kf_groups_free(g);
     g = NULL;
@@ -688,13 +688,13 @@ Test(kafka_group, list_describe_delete)
     cr_assert(str_eq(d.members[0].member_assignment, "the-assignment"));
     cr_assert(str_eq(describe("unknown").group_state, "Dead"));
 
-    cr_assert_eq(delete_group("live"), ERR_NON_EMPTY_GROUP);
+    cr_assert_eq(delete_group("live"), KF_ERR_NON_EMPTY_GROUP);
     cr_assert_eq(leave("live", ida), 0);
-    cr_assert_eq(leave("live", ida), ERR_UNKNOWN_MEMBER_ID);
+    cr_assert_eq(leave("live", ida), KF_ERR_UNKNOWN_MEMBER_ID);
     cr_assert(str_eq(describe("live").group_state, "Dead"),
                  "a group without members or offsets is gone");
     cr_assert_eq(delete_group("quiet"), 0);
-    cr_assert_eq(delete_group(""), ERR_INVALID_GROUP_ID);
+    cr_assert_eq(delete_group(""), KF_ERR_INVALID_GROUP_ID);
 }
 
 Test(kafka_group, leave_group_v3_batch)
@@ -720,8 +720,8 @@ Test(kafka_group, leave_group_v3_batch)
     cr_assert_eq(rsp.n_members, 2);
     cr_assert_eq(rsp.members[0].error_code, 0);
     cr_assert(str_eq(rsp.members[0].group_instance_id, "inst-a"));
-    cr_assert_eq(rsp.members[1].error_code, ERR_UNKNOWN_MEMBER_ID);
-    cr_assert_eq(heartbeat(0, "g", a.generation_id, ida, NULL), ERR_UNKNOWN_MEMBER_ID);
+    cr_assert_eq(rsp.members[1].error_code, KF_ERR_UNKNOWN_MEMBER_ID);
+    cr_assert_eq(heartbeat(0, "g", a.generation_id, ida, NULL), KF_ERR_UNKNOWN_MEMBER_ID);
 }
 
 Test(kafka_group, static_member_rejoins_into_its_slot)
@@ -750,7 +750,7 @@ Test(kafka_group, static_member_rejoins_into_its_slot)
     cr_assert_eq(heartbeat(3, "g", gen, ida, "inst-a"), 0, "alpha is not disturbed");
     cr_assert(str_eq(sync_result(sync_group(&cb, 3, "g", gen, idb2, "inst-b", NULL, 0))
                          .assignment, "b"), "its old assignment comes back");
-    cr_assert_eq(heartbeat(3, "g", gen, idb, "inst-b"), ERR_FENCED_INSTANCE_ID);
+    cr_assert_eq(heartbeat(3, "g", gen, idb, "inst-b"), KF_ERR_FENCED_INSTANCE_ID);
     cr_assert_eq(heartbeat(3, "g", gen, idb2, "inst-b"), 0);
 
     /* The leader restarts too: it gets the old leader id back, so it does not assign. */
@@ -777,7 +777,7 @@ Test(kafka_group, stop_answers_waiting_joins)
     struct kf_join_group_response b;
     struct kf_in in = reply_in(jb);
     cr_assert_eq(kf_join_group_response_decode(&in, 1, &arena, &b), WR_OK);
-    cr_assert_eq(b.error_code, ERR_COORDINATOR_NOT_AVAILABLE);
+    cr_assert_eq(b.error_code, KF_ERR_COORDINATOR_NOT_AVAILABLE);
 }
 
 Test(kafka_group, a_closing_connection_gets_its_join_answered)
