@@ -6,11 +6,12 @@
  * vhost "/"; its partitions are the queue's.
  *
  * Produce appends each RecordBatch of a partition as it came (wr_queue_append_batch checks
- * magic and CRC and assigns the base offset) and answers, for acks 1 and -1, once the
- * broker's sync barrier says the appends are durable. Fetch builds its response as
- * segments: the bytes up to a partition's records from memory, the records as a file range
- * (sendfile), then the rest; with less than min_bytes available it waits up to max_wait_ms,
- * re-checking whenever a topic it reads is appended to.
+ * magic and CRC and assigns the base offset), or for v0-2 the legacy message set converted
+ * to one batch (msgset.c), and answers, for acks 1 and -1, once the broker's sync barrier
+ * says the appends are durable. Fetch builds its response as segments: the bytes up to a
+ * partition's records from memory, the records as a file range (sendfile; for v2-3 a
+ * magic-1 message set converted in memory), then the rest; with less than min_bytes
+ * available it waits up to max_wait_ms, re-checking whenever a topic it reads is appended to.
  *
  * Idempotent producers: InitProducerId hands out ids from a counter seeded with the wall
  * clock (milliseconds x 1024), so ids stay unique across restarts without a file. The last
@@ -27,6 +28,7 @@
 
 #include "kafka_msgs.h"
 #include "group.h"
+#include "msgset.h"
 
 
 #define TOPIC_NAME_MAX 249
@@ -717,6 +719,32 @@ static int16_t produce_partition(struct kf_conn *c, struct wr_queue *q, const ch
     return KF_ERR_NONE;
 }
 
+static int16_t msgset_error(enum kf_msgset_status status)
+{
+    return status == KF_MSGSET_OK ? KF_ERR_NONE
+           : status == KF_MSGSET_COMPRESSED ? KF_ERR_UNSUPPORTED_COMPRESSION_TYPE
+                                            : KF_ERR_CORRUPT_MESSAGE;
+}
+
+/* Produce v0-2: the message set becomes one uncompressed RecordBatch, appended as above. */
+static int16_t produce_msgset(struct kf_conn *c, struct wr_queue *q, const char *topic,
+                              uint32_t partition, struct kf_str records, int64_t *base,
+                              bool *appended)
+{
+    struct wr_bytes batch = {0};
+    int16_t error = records.ptr ? msgset_error(kf_msgset_to_batch(
+                                      (const uint8_t *)records.ptr, (size_t)records.len, &batch))
+                                : KF_ERR_CORRUPT_MESSAGE;
+    if (!error && batch.oom)
+        error = KF_ERR_KAFKA_STORAGE_ERROR;
+    if (!error)
+        error = produce_partition(c, q, topic, partition,
+                                  (struct kf_str){(const char *)batch.p, (int32_t)batch.len},
+                                  base, appended);
+    wr_bytes_free(&batch);
+    return error;
+}
+
 static int produce(struct kf_conn *c, struct kf_reply *r, int16_t v,
                    const struct kf_produce_request *req, struct kf_arena *a)
 {
@@ -751,10 +779,11 @@ static int produce(struct kf_conn *c, struct kf_reply *r, int16_t v,
             kf_produce_response_partition_produce_response_init(pr);
             pr->index = pd->index;
             pr->base_offset = -1;
-            if (v < 3)
-                pr->error_code = KF_ERR_UNSUPPORTED_VERSION;
-            else if (!q || pd->index < 0 || (uint32_t)pd->index >= wr_queue_partitions(q))
+            if (!q || pd->index < 0 || (uint32_t)pd->index >= wr_queue_partitions(q))
                 pr->error_code = KF_ERR_UNKNOWN_TOPIC_OR_PARTITION;
+            else if (v < 3)
+                pr->error_code = produce_msgset(c, q, name, (uint32_t)pd->index, pd->records,
+                                                &pr->base_offset, &appended);
             else
                 pr->error_code = produce_partition(c, q, name, (uint32_t)pd->index, pd->records,
                                                    &pr->base_offset, &appended);
@@ -780,7 +809,8 @@ static int produce(struct kf_conn *c, struct kf_reply *r, int16_t v,
         kf_reply_on_abort(r, on_produce_abort, w);
         return WR_OK;
     }
-    produce_answer(w, appended ? KF_ERR_KAFKA_STORAGE_ERROR : KF_ERR_NONE); /* no sync: out of memory */
+    /* no sync barrier: out of memory */
+    produce_answer(w, appended ? KF_ERR_KAFKA_STORAGE_ERROR : KF_ERR_NONE);
     return WR_OK;
 }
 
@@ -818,6 +848,7 @@ struct part_result {
     int16_t error;
     int64_t high_watermark, log_start;
     struct wr_log_slice slice;
+    struct wr_bytes legacy;    /* Fetch v2-3: the records as a magic-1 message set */
 };
 
 static void fetch_free(struct fetch_wait *w)
@@ -836,6 +867,30 @@ static void fetch_free(struct fetch_wait *w)
 }
 
 static void put_i16(struct wr_bytes *o, int16_t v) { kf_write_i16(o, v); }
+
+/* Fetch v2-3: the slice's batches become a magic-1 message set in memory (no sendfile),
+ * from the offset asked for on; the slice is consumed. */
+static void fetch_legacy(struct part_result *pr, uint64_t from)
+{
+    size_t len = (size_t)pr->slice.length, got = 0;
+    uint8_t *p = malloc(len);
+    while (p && got < len) {
+        ssize_t n = pread(pr->slice.fd, p + got, len - got,
+                          (off_t)(pr->slice.file_offset + got));
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    close(pr->slice.fd);
+    pr->slice = (struct wr_log_slice){.fd = -1};
+    if (got < len)
+        pr->error = KF_ERR_KAFKA_STORAGE_ERROR;
+    else
+        pr->error = msgset_error(kf_msgset_from_batches(p, len, from, &pr->legacy));
+    if (pr->legacy.oom)
+        pr->error = KF_ERR_KAFKA_STORAGE_ERROR;
+    free(p);
+}
 
 /* Reads every partition; answers and returns true when there is enough (or final). */
 static bool fetch_try(struct fetch_wait *w, struct kf_conn *c, bool final)
@@ -883,12 +938,16 @@ static bool fetch_try(struct fetch_wait *w, struct kf_conn *c, bool final)
             }
             budget -= (int64_t)pr->slice.length;
             available += (int64_t)pr->slice.length;
+            if (w->version < 4 && pr->slice.length)
+                fetch_legacy(pr, (uint64_t)fp->offset);
         }
     }
     if (!final && !error && available < w->min_bytes) {
-        for (int32_t i = 0; i < total_parts; i++)
+        for (int32_t i = 0; i < total_parts; i++) {
             if (res[i].slice.fd >= 0)
                 close(res[i].slice.fd);
+            wr_bytes_free(&res[i].legacy);
+        }
         free(res);
         return false;
     }
@@ -910,6 +969,15 @@ static bool fetch_try(struct fetch_wait *w, struct kf_conn *c, bool final)
             kf_write_i32(&o, (int32_t)t->parts[k].index);
             put_i16(&o, pr->error);
             kf_write_i64(&o, pr->high_watermark);
+            if (v < 4) { /* an empty set is 0 bytes, not null */
+                kf_write_bytes(&o, (struct kf_str){pr->legacy.p ? (const char *)pr->legacy.p
+                                                                : "",
+                                                   (int32_t)pr->legacy.len}, false);
+                wr_bytes_free(&pr->legacy);
+                if (pr->slice.fd >= 0)
+                    close(pr->slice.fd);
+                continue;
+            }
             kf_write_i64(&o, pr->high_watermark); /* last_stable_offset: no transactions */
             if (v >= 5)
                 kf_write_i64(&o, pr->log_start);

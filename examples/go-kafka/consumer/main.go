@@ -63,6 +63,12 @@ func run(ctx context.Context, opt options) error {
 	})
 	done := 0
 	for opt.count == 0 || done < opt.count {
+		// kafka-go 0.2.1's FetchMessage may hand out a message it already holds even after
+		// the context is cancelled: stop here once a signal came.
+		if ctx.Err() != nil {
+			log.Printf("stopping after %d messages", done)
+			break
+		}
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
