@@ -38,6 +38,12 @@ static bool grow(void **items, size_t *cap, void *inline_items, size_t size)
     return true;
 }
 
+const char *wr_binding_destination(const struct wr_binding *pub)
+{
+    const struct binding *bd = (const struct binding *)pub;
+    return bd->q ? wr_queue_name(bd->q) : bd->dst->name;
+}
+
 void wr_route_add(struct wr_route *r, const struct wr_binding *pub)
 {
     const struct binding *bd = (const struct binding *)pub;

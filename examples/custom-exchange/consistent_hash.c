@@ -6,6 +6,7 @@
  * queues share the keys in proportion to their weights, and adding a queue moves only the
  * keys that fall on its points.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,10 +23,10 @@ struct ring {
 };
 
 /* FNV-1a, 32 bits: stable across runs and machines, so routing is reproducible. */
-static uint32_t hash32(const void *data, size_t len, uint32_t seed)
+static uint32_t hash32(const void *data, size_t len)
 {
     const unsigned char *p = data;
-    uint32_t h = 2166136261u ^ seed;
+    uint32_t h = 2166136261u;
     for (size_t i = 0; i < len; i++) {
         h ^= p[i];
         h *= 16777619u;
@@ -75,10 +76,13 @@ static int ch_bind(void *state, struct wr_binding *b, struct wr_error *err)
     if (!p)
         return wr_error_set(err, WR_ENOMEM, "out of memory");
     r->points = p;
-    /* A binding's points derive from its identity (address) and index; they only need to be
-     * spread, and stable for the binding's life. */
-    for (long i = 0; i < weight; i++)
-        r->points[r->count++] = (struct point){hash32(&b, sizeof b, (uint32_t)i), b};
+    /* A binding's points derive from its destination's name and index, as RabbitMQ's
+     * exchange does: a key routes to the same queue on every run and after a restart. */
+    for (long i = 0; i < weight; i++) {
+        char id[300]; /* a name is at most 255 bytes */
+        int n = snprintf(id, sizeof id, "%s#%ld", wr_binding_destination(b), i);
+        r->points[r->count++] = (struct point){hash32(id, (size_t)n), b};
+    }
     qsort(r->points, r->count, sizeof *r->points, by_hash);
     return WR_OK;
 }
@@ -98,7 +102,7 @@ static void ch_route(void *state, const struct wr_msg *msg, struct wr_route *out
     struct ring *r = state;
     if (!r->count)
         return;
-    uint32_t h = hash32(msg->routing_key.ptr, msg->routing_key.len, 0);
+    uint32_t h = hash32(msg->routing_key.ptr, msg->routing_key.len);
     size_t lo = 0, hi = r->count; /* first point with hash >= h, wrapping to 0 */
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;

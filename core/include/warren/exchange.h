@@ -28,6 +28,11 @@ struct wr_binding {
     void *plugin_data;            /* the plugin's own, e.g. parsed arguments; NULL at bind */
 };
 
+/* The name of the queue or exchange b leads to: stable across restarts, unlike b's address,
+ * so a plugin that places bindings by hashing (consistent hashing) routes the same way each
+ * run. */
+WR_API const char *wr_binding_destination(const struct wr_binding *b);
+
 /* The set a route call fills. */
 struct wr_route;
 
