@@ -53,6 +53,8 @@ struct wr_broker {
     struct wr_queue *dirty;      /* queues with writes not yet synced (sync.c) */
     struct wr_sync *syncs;       /* barriers waiting for their deferred completion */
     bool syncs_deferred;
+    size_t n_syncs;              /* barriers made and not yet finished or freed */
+    bool draining;               /* sync_drain is running the loop */
     uint64_t mem_high;           /* memory alarm (alarm.c); 0: off */
     bool mem_alarm;
     uint64_t mem_timer;
@@ -193,10 +195,20 @@ void dead_letter(struct wr_queue *q, struct wr_msg *msg, const char *reason);
 /* Drops pending dead letters (the broker is being freed). */
 void dead_letter_cancel(struct wr_broker *b);
 
+/* fsync.c */
+/* on: every interval-policy syncer runs its pending round now, and syncs each later request
+ * at once as the always policy does, until called with off. For sync_drain. */
+void fsync_hurry(bool on);
+
 /* sync.c */
 /* q took a write its storage may not have made durable yet. */
 void sync_mark_dirty(struct wr_queue *q);
 void sync_cancel_all(struct wr_broker *b);
+/* At shutdown, before the listeners stop: runs the loop until every barrier made so far has
+ * completed (so a transport answers what it took: Kafka's acks=all produce, AMQP confirms),
+ * for at most timeout_ms, or until another stop signal. Connections stay open meanwhile, so
+ * requests that arrive are served too. */
+void sync_drain(struct wr_broker *b, uint64_t timeout_ms);
 
 /* definitions.c: the durable topology in <data_dir>/definitions.log (docs/storage.md).
  * definitions_open replays the file into the broker (after the config's topology), rewrites

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "warren/loop.h"
+#include "broker_int.h"
 
 struct fs_file {
     int fd;  /* the storage's fd, to find it on retire */
@@ -54,6 +55,7 @@ struct wr_fsync {
     size_t cap;
     bool deferred;
     uint64_t timer;
+    struct wr_fsync *live_prev, *live_next; /* every instance, for fsync_hurry */
 
     /* Shared with the worker, under mu. */
     pthread_t thread;
@@ -220,6 +222,42 @@ static void fs_tick(struct wr_loop *lp, void *data)
     fs_request(fs);
 }
 
+/* ---- hurrying at shutdown --------------------------------------------------------------- */
+
+/* Loop thread only, as every instance is used on it. */
+static struct wr_fsync *live;
+static bool hurrying;
+
+static void live_add(struct wr_fsync *fs)
+{
+    fs->live_next = live;
+    if (live)
+        live->live_prev = fs;
+    live = fs;
+}
+
+static void live_remove(struct wr_fsync *fs)
+{
+    if (fs->live_prev)
+        fs->live_prev->live_next = fs->live_next;
+    else if (live == fs)
+        live = fs->live_next;
+    if (fs->live_next)
+        fs->live_next->live_prev = fs->live_prev;
+}
+
+void fsync_hurry(bool on)
+{
+    hurrying = on;
+    for (struct wr_fsync *fs = on ? live : NULL; fs; fs = fs->live_next) {
+        if (fs->timer) { /* an interval round is due: run it now */
+            wr_loop_timer_del(fs->lp, fs->timer);
+            fs->timer = 0;
+            fs_request(fs);
+        }
+    }
+}
+
 /* ---- the API ---------------------------------------------------------------------------- */
 
 /* Starts the worker with every signal blocked: the loop takes SIGTERM and friends through a
@@ -271,6 +309,7 @@ int wr_fsync_new(struct wr_loop *lp, enum wr_fsync_policy policy, uint64_t inter
         return rc;
     }
     fs->started = true;
+    live_add(fs);
     *out = fs;
     return WR_OK;
 }
@@ -284,6 +323,7 @@ void wr_fsync_free(struct wr_fsync *fs)
     if (fs->deferred)
         wr_loop_defer_cancel(fs->lp, fs_deferred, fs);
     if (fs->started) {
+        live_remove(fs);
         /* One last round, even with nothing new written: retired files and changed
          * directories may still wait for theirs. */
         pthread_mutex_lock(&fs->mu);
@@ -421,7 +461,7 @@ int wr_fsync_wait(struct wr_fsync *fs, wr_storage_sync_cb *cb, void *data)
                 return WR_ENOMEM;
             fs->deferred = true;
         }
-    } else if (fs->policy == WR_FSYNC_ALWAYS) {
+    } else if (fs->policy == WR_FSYNC_ALWAYS || hurrying) {
         fs_request(fs);
     } else if (!fs->timer) { /* interval: the next tick covers it */
         fs->timer = wr_loop_timer_add(fs->lp, fs->interval_ms, fs_tick, fs);

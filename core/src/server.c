@@ -13,6 +13,10 @@
 #include "broker_int.h"
 #include "config.h"
 
+/* How long a stop waits for writes in flight to become durable so their requests are answered
+ * (Kafka's acks=all produce, AMQP confirms): longer than the default flush interval. */
+#define SHUTDOWN_DRAIN_MS 5000
+
 struct wr_server {
     struct wr_loop *lp;
     struct wr_broker *b;
@@ -283,6 +287,8 @@ int wr_server_run(struct wr_server *srv, struct wr_error *err)
                (int)getpid());
         rc = wr_loop_run(srv->lp, err);
     }
+    if (rc == WR_OK) /* a second SIGTERM or SIGINT cuts this short */
+        sync_drain(srv->b, SHUTDOWN_DRAIN_MS);
     wr_loop_signal_del(srv->lp, SIGTERM, on_stop_signal, srv);
     wr_loop_signal_del(srv->lp, SIGINT, on_stop_signal, srv);
     wr_loop_signal_del(srv->lp, SIGHUP, on_hup, srv);

@@ -31,11 +31,19 @@ void sync_mark_dirty(struct wr_queue *q)
     b->dirty = wr_queue_ref(q);
 }
 
+static void sync_free(struct wr_sync *s)
+{
+    struct wr_broker *b = s->b;
+    free(s);
+    if (--b->n_syncs == 0 && b->draining)
+        wr_loop_stop(b->lp);
+}
+
 static void sync_finish(struct wr_sync *s)
 {
     if (!s->cancelled)
         s->cb(s->data, s->status);
-    free(s);
+    sync_free(s);
 }
 
 static void syncs_run(struct wr_loop *lp, void *data)
@@ -89,6 +97,7 @@ struct wr_sync *wr_broker_sync(struct wr_broker *b, wr_storage_sync_cb *cb, void
     if (!s)
         return NULL;
     *s = (struct wr_sync){.b = b, .cb = cb, .data = data, .status = WR_OK, .pending = 1};
+    b->n_syncs++;
     struct wr_queue *q = b->dirty;
     b->dirty = NULL;
     while (q) {
@@ -104,7 +113,7 @@ struct wr_sync *wr_broker_sync(struct wr_broker *b, wr_storage_sync_cb *cb, void
     }
     /* The extra count held during the loop stops a synchronous callback finishing s early. */
     if (--s->pending == 0 && sync_defer(s) != WR_OK) {
-        free(s);
+        sync_free(s);
         return NULL;
     }
     return s;
@@ -122,7 +131,7 @@ void wr_sync_cancel(struct wr_sync *s)
         p = &(*p)->next;
     if (*p)
         *p = s->next;
-    free(s);
+    sync_free(s);
 }
 
 void sync_cancel_all(struct wr_broker *b)
@@ -133,7 +142,7 @@ void sync_cancel_all(struct wr_broker *b)
     while (b->syncs) {
         struct wr_sync *s = b->syncs;
         b->syncs = s->next;
-        free(s);
+        sync_free(s);
     }
     while (b->dirty) {
         struct wr_queue *q = b->dirty;
@@ -141,4 +150,34 @@ void sync_cancel_all(struct wr_broker *b)
         q->dirty = false;
         wr_queue_unref(q);
     }
+}
+
+static void drain_timeout(struct wr_loop *lp, void *data)
+{
+    (void)data;
+    wr_loop_stop(lp);
+}
+
+void sync_drain(struct wr_broker *b, uint64_t timeout_ms)
+{
+    if (!b->n_syncs)
+        return;
+    uint64_t timer = wr_loop_timer_add(b->lp, timeout_ms, drain_timeout, b);
+    if (!timer)
+        return;
+    struct wr_error err = {0};
+    b->draining = true;
+    fsync_hurry(true);
+    int rc = wr_loop_run(b->lp, &err); /* stopped by the last barrier, the timer or a signal */
+    b->draining = false;
+    fsync_hurry(false);
+    wr_loop_timer_del(b->lp, timer);
+    if (rc == WR_OK) /* one more turn writes what the last completions answered */
+        rc = wr_loop_run_once(b->lp, 0, &err);
+    if (rc != WR_OK)
+        wr_log(WR_LOG_WARN, "server", "draining at shutdown: %s", err.msg);
+    else if (b->n_syncs)
+        wr_log(WR_LOG_WARN, "server", "shutdown: %zu durability barrier(s) still waiting after "
+               "%llu ms; their requests go unanswered", b->n_syncs,
+               (unsigned long long)timeout_ms);
 }

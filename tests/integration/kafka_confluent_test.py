@@ -9,7 +9,9 @@
 - a consumer group of three members, one joining late and one leaving: after each rebalance
   every partition is owned by exactly one member;
 - committed offsets: a group resumes where it committed after its consumers restart and after
-  warren restarts (on the same data directory).
+  warren restarts (on the same data directory);
+- graceful shutdown: an acks=all produce still waiting for its flush when warren gets SIGTERM
+  is answered as delivered, and its record is there after the restart.
 """
 import json
 import os
@@ -295,6 +297,35 @@ def test_compressed_batches_round_trip(w):
         codecs.add(int.from_bytes(data[pos + 21:pos + 23], "big") & 7)
         pos += 12 + length
     eq(codecs, {1, 2, 3, 4}, "compression codecs of the stored batches (gzip 1 ... zstd 4)")
+
+
+@with_yaml("vhosts:\n  - name: /\n    queues:\n"
+           "      - {name: slow, storage: log, partitions: 1, durable: true,\n"
+           "         options: {flush: interval, flush_interval: 30s}}\n")
+def test_acks_all_answered_at_shutdown(w):
+    """The topic syncs every 30 s, so the produce is still waiting for its flush when
+    SIGTERM comes: warren syncs the log before it closes connections and answers it."""
+    seg = os.path.join(w.dir, "data", "%2F", "slow", "0", "00000000000000000000.log")
+    empty = os.path.getsize(seg)
+    reports = []
+    p = producer(w, **{"linger.ms": 0, "message.timeout.ms": 15000, "retries": 0})
+    p.produce("slow", key=b"k", value=b"in flight at stop",
+              on_delivery=lambda err, msg: reports.append((err, msg)))
+    p.poll(0)
+    kt.wait_until(lambda: os.path.getsize(seg) > empty, "the record in the segment")
+    p.poll(0.2)
+    eq(reports, [], "delivery reports before the 30 s flush")
+    eq(w.stop(), 0, "warren's exit status after SIGTERM")
+    p.flush(10)
+    eq(len(reports), 1, "delivery reports after warren stopped")
+    err, msg = reports[0]
+    eq(err, None, "the delivery error")
+    eq(msg.offset(), 0, "the delivered offset")
+    w.start()
+    c = consumer(w, "after-stop")
+    got = read_assigned(c, [0], "slow", 1, "the record produced at shutdown")
+    c.close()
+    eq([(m.key(), m.value()) for m in got], [(b"k", b"in flight at stop")], "records")
 
 
 if __name__ == "__main__":
