@@ -96,6 +96,7 @@ struct wr_exchange {
     const struct wr_exchange_ops *ops;
     void *state;
     bool durable, auto_delete, internal, predeclared, deleting;
+    bool routes_unbound;         /* its ops' route_unbound: asked even without bindings */
     struct wr_table *args;
     struct binding *out;         /* bindings from this exchange */
     uint32_t n_out;
@@ -168,6 +169,12 @@ const char *plugin_kind_article(enum wr_plugin_kind kind);
      ((const type *)(ops))->member)
 
 /* exchange.c */
+/* Routes msg from ex and stores it, or the copy an exchange on the way made, in every queue
+ * reached that keep (if not NULL) accepts. Returns how many took it; *refused (if not NULL)
+ * counts the queues that refused. WR_ENOMEM. */
+int exchange_store(struct wr_exchange *ex, struct wr_msg *msg,
+                   bool (*keep)(const struct wr_queue *q, const struct wr_msg *msg),
+                   uint32_t *refused, struct wr_error *err);
 int exchange_create(struct wr_vhost *vh, const struct wr_exchange_decl *decl, bool predeclared,
                     struct wr_exchange **out, struct wr_error *err);
 void exchange_free_all(struct wr_vhost *vh);

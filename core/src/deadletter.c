@@ -145,6 +145,11 @@ static bool is_cycle(const struct wr_table *headers, const struct wr_queue *dest
     return false;
 }
 
+static bool not_a_cycle(const struct wr_queue *dest, const struct wr_msg *msg)
+{
+    return !is_cycle(msg->headers, dest);
+}
+
 static void dead_letter_publish(struct dead_letter *d)
 {
     struct wr_queue *q = d->q;
@@ -175,22 +180,8 @@ static void dead_letter_publish(struct dead_letter *d)
         return;
     }
     wr_table_free(headers);
-    struct wr_queue *dests[16];
-    size_t n = wr_exchange_route(ex, m, dests, 16);
-    struct wr_queue **all = dests;
-    if (n > 16) {
-        if (!(all = malloc(n * sizeof *all))) {
-            wr_log(WR_LOG_ERROR, "queue", "out of memory dead-lettering from '%s'", q->name);
-            wr_msg_unref(m);
-            return;
-        }
-        n = wr_exchange_route(ex, m, all, n);
-    }
-    for (size_t i = 0; i < n; i++)
-        if (!is_cycle(m->headers, all[i]))
-            queue_store(all[i], m, NULL);
-    if (all != dests)
-        free(all);
+    if (exchange_store(ex, m, not_a_cycle, NULL, &err) < 0)
+        wr_log(WR_LOG_ERROR, "queue", "dead-lettering from '%s': %s", q->name, err.msg);
     wr_msg_unref(m);
 }
 

@@ -14,15 +14,30 @@
 
 enum { ROUTE_INLINE = 16 };
 
+/* A destination and the message it gets: NULL for the one published, else a copy an
+ * exchange on the way made (wr_route_use_msg), which the route holds a reference on. */
+struct route_q {
+    struct wr_queue *q;
+    struct wr_msg *msg;
+};
+
+struct route_x {
+    struct wr_exchange *ex;
+    struct wr_msg *msg;
+};
+
 struct wr_route {
     uint64_t epoch;
-    struct wr_queue **queues;
+    struct route_q *queues;
     size_t n_queues, cap_queues;
-    struct wr_exchange **exchanges; /* exchanges reached, routed through in order */
+    struct route_x *exchanges; /* exchanges reached, routed through in order */
     size_t n_exchanges, cap_exchanges;
+    struct wr_msg *cur;        /* what the exchange being asked passes on; NULL: the original */
+    struct wr_msg **copies;    /* every copy made, to unref at the end */
+    size_t n_copies;
     bool oom;
-    struct wr_queue *queues_inline[ROUTE_INLINE];
-    struct wr_exchange *exchanges_inline[ROUTE_INLINE];
+    struct route_q queues_inline[ROUTE_INLINE];
+    struct route_x exchanges_inline[ROUTE_INLINE];
 };
 
 static bool grow(void **items, size_t *cap, void *inline_items, size_t size)
@@ -44,31 +59,48 @@ const char *wr_binding_destination(const struct wr_binding *pub)
     return bd->q ? wr_queue_name(bd->q) : bd->dst->name;
 }
 
+void wr_route_add_queue(struct wr_route *r, struct wr_queue *q)
+{
+    if (q->mark == r->epoch || q->deleted)
+        return;
+    if (r->n_queues == r->cap_queues &&
+        !grow((void **)&r->queues, &r->cap_queues, r->queues_inline, sizeof *r->queues)) {
+        r->oom = true;
+        return;
+    }
+    q->mark = r->epoch;
+    r->queues[r->n_queues++] = (struct route_q){q, r->cur};
+}
+
 void wr_route_add(struct wr_route *r, const struct wr_binding *pub)
 {
     const struct binding *bd = (const struct binding *)pub;
     if (bd->q) {
-        if (bd->q->mark == r->epoch)
-            return;
-        if (r->n_queues == r->cap_queues &&
-            !grow((void **)&r->queues, &r->cap_queues, r->queues_inline, sizeof *r->queues)) {
-            r->oom = true;
-            return;
-        }
-        bd->q->mark = r->epoch;
-        r->queues[r->n_queues++] = bd->q;
-    } else {
-        if (bd->dst->mark == r->epoch)
-            return; /* reached already: this is how a binding cycle ends */
-        if (r->n_exchanges == r->cap_exchanges &&
-            !grow((void **)&r->exchanges, &r->cap_exchanges, r->exchanges_inline,
-                  sizeof *r->exchanges)) {
-            r->oom = true;
-            return;
-        }
-        bd->dst->mark = r->epoch;
-        r->exchanges[r->n_exchanges++] = bd->dst;
+        wr_route_add_queue(r, bd->q);
+        return;
     }
+    if (bd->dst->mark == r->epoch)
+        return; /* reached already: this is how a binding cycle ends */
+    if (r->n_exchanges == r->cap_exchanges &&
+        !grow((void **)&r->exchanges, &r->cap_exchanges, r->exchanges_inline,
+              sizeof *r->exchanges)) {
+        r->oom = true;
+        return;
+    }
+    bd->dst->mark = r->epoch;
+    r->exchanges[r->n_exchanges++] = (struct route_x){bd->dst, r->cur};
+}
+
+void wr_route_use_msg(struct wr_route *r, struct wr_msg *msg)
+{
+    struct wr_msg **grown = realloc(r->copies, (r->n_copies + 1) * sizeof *grown);
+    if (!grown) {
+        r->oom = true;
+        return;
+    }
+    r->copies = grown;
+    r->copies[r->n_copies++] = wr_msg_ref(msg);
+    r->cur = msg;
 }
 
 /* The exchange named by ex's "alternate-exchange" argument, or NULL. */
@@ -97,17 +129,20 @@ static void route(struct wr_exchange *ex, const struct wr_msg *msg, struct wr_ro
     r->exchanges = r->exchanges_inline;
     r->cap_exchanges = ROUTE_INLINE;
     r->n_exchanges = 0;
+    r->copies = NULL;
+    r->n_copies = 0;
     r->oom = false;
     for (int hops = 0; ex && hops < ROUTE_INLINE && !r->oom; hops++) {
         size_t first = r->n_exchanges;
         if (first == r->cap_exchanges)
             break;
-        r->exchanges[r->n_exchanges++] = ex;
+        r->exchanges[r->n_exchanges++] = (struct route_x){ex, NULL};
         ex->mark = r->epoch;
         for (size_t i = first; i < r->n_exchanges; i++) {
-            struct wr_exchange *e = r->exchanges[i];
-            if (e->n_out)
-                e->ops->route(e->state, msg, r);
+            struct route_x x = r->exchanges[i];
+            r->cur = x.msg;
+            if (x.ex->n_out || x.ex->routes_unbound)
+                x.ex->ops->route(x.ex->state, x.msg ? x.msg : msg, r);
         }
         if (r->n_queues)
             break;
@@ -123,6 +158,9 @@ static void route_fini(struct wr_route *r)
         free(r->queues);
     if (r->exchanges != r->exchanges_inline)
         free(r->exchanges);
+    for (size_t i = 0; i < r->n_copies; i++)
+        wr_msg_unref(r->copies[i]);
+    free(r->copies);
 }
 
 size_t wr_exchange_route(struct wr_exchange *ex, const struct wr_msg *msg,
@@ -131,10 +169,34 @@ size_t wr_exchange_route(struct wr_exchange *ex, const struct wr_msg *msg,
     struct wr_route r;
     route(ex, msg, &r);
     for (size_t i = 0; i < r.n_queues && i < max; i++)
-        out[i] = r.queues[i];
+        out[i] = r.queues[i].q;
     size_t n = r.n_queues;
     route_fini(&r);
     return n;
+}
+
+int exchange_store(struct wr_exchange *ex, struct wr_msg *msg,
+                   bool (*keep)(const struct wr_queue *q, const struct wr_msg *msg),
+                   uint32_t *refused, struct wr_error *err)
+{
+    struct wr_route r;
+    route(ex, msg, &r);
+    if (r.oom) {
+        route_fini(&r);
+        return wr_error_set(err, WR_ENOMEM, "out of memory routing a message");
+    }
+    int stored = 0;
+    for (size_t i = 0; i < r.n_queues; i++) {
+        struct wr_msg *m = r.queues[i].msg ? r.queues[i].msg : msg;
+        if (keep && !keep(r.queues[i].q, m))
+            continue;
+        if (queue_store(r.queues[i].q, m, NULL) == WR_OK)
+            stored++;
+        else if (refused)
+            (*refused)++;
+    }
+    route_fini(&r);
+    return stored;
 }
 
 int wr_publish(struct wr_exchange *ex, struct wr_msg *msg, uint32_t *refused,
@@ -147,20 +209,7 @@ int wr_publish(struct wr_exchange *ex, struct wr_msg *msg, uint32_t *refused,
         return wr_error_set(err, WR_ELIMIT,
                             "message body of %zu bytes exceeds max_message_size (%llu bytes)",
                             msg->body.len, (unsigned long long)b->max_message_size);
-    struct wr_route r;
-    route(ex, msg, &r);
-    if (r.oom) {
-        route_fini(&r);
-        return wr_error_set(err, WR_ENOMEM, "out of memory routing a message");
-    }
-    int stored = 0;
-    for (size_t i = 0; i < r.n_queues; i++) {
-        if (queue_store(r.queues[i], msg, NULL) == WR_OK)
-            stored++;
-        else if (refused)
-            (*refused)++;
-    }
-    route_fini(&r);
+    int stored = exchange_store(ex, msg, NULL, refused, err);
     alarm_check(b);
     return stored;
 }
@@ -191,6 +240,7 @@ int exchange_create(struct wr_vhost *vh, const struct wr_exchange_decl *decl, bo
     ex->auto_delete = decl->auto_delete;
     ex->internal = decl->internal;
     ex->predeclared = predeclared;
+    ex->routes_unbound = HAS_OP(ex->ops, struct wr_exchange_ops, route_unbound);
     struct wr_exchange_args args = {vh->name, decl->name, ex->args};
     int rc = ex->ops->create(ctx, &args, &ex->state, err);
     if (rc == WR_OK && map_put(&vh->exchanges, ex->name, ex) != 0) {

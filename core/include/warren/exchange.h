@@ -35,9 +35,20 @@ WR_API const char *wr_binding_destination(const struct wr_binding *b);
 
 /* The set a route call fills. */
 struct wr_route;
+struct wr_queue;
 
 /* Names a matching binding. Cheap and allocation-free in the common case. */
 WR_API void wr_route_add(struct wr_route *out, const struct wr_binding *b);
+
+/* Names a queue directly, bound or not (an exchange whose routing names queues: see
+ * route_unbound). A queue of another vhost must not be named. */
+WR_API void wr_route_add_queue(struct wr_route *out, struct wr_queue *q);
+
+/* Makes msg, a modified copy of the message being routed (its headers or routing key
+ * changed; build it with wr_msg_new sharing the body slice), what the destinations this
+ * route call adds from now on receive, and what exchanges it adds route further. The route
+ * takes its own reference. Out of memory, the publish fails as a whole. */
+WR_API void wr_route_use_msg(struct wr_route *out, struct wr_msg *msg);
 
 struct wr_exchange_args {
     const char *vhost;
@@ -57,6 +68,9 @@ struct wr_exchange_ops {
     void (*unbind)(void *state, struct wr_binding *b);
     /* Adds every binding msg matches to out. */
     void (*route)(void *state, const struct wr_msg *msg, struct wr_route *out);
+    /* Set (to any non-zero value) when route must be called even while the exchange has no
+     * bindings: it names queues itself with wr_route_add_queue. */
+    uintptr_t route_unbound;
 };
 
 WR_END_DECLS
