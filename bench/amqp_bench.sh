@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
     --only) only="$2"; args+=("$1" "$2"); shift 2 ;;
     --runs|--retries|--out|--case) args+=("$1" "$2"); shift 2 ;;
     --quick) args+=("$1"); shift ;;
-    -h|--help) sed -n '2,21p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set /s/^# \{0,1\}//p' "$self"; exit 0 ;;
     *) echo "amqp_bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -49,27 +49,26 @@ if [ "$only" != rabbitmq ]; then
 fi
 
 exec /usr/bin/python3 - "$build" "${args[@]}" <<'PY'
-import json
 import os
-import resource
-import socket
 import statistics
 import subprocess
 import sys
 import time
 
-sys.path.insert(0, "tests/integration")
+sys.path[:0] = ["bench", "tests/integration"]
+from benchlib import (TICK, flatten_latency, loopback_bandwidth, machine_ticks,  # noqa: E402
+                      option, run_load, write_jsonl)
 import harness  # noqa: E402
 import rabbitmq  # noqa: E402
 
 build = sys.argv[1]
 argv = sys.argv[2:]
 quick = "--quick" in argv
-runs = int(argv[argv.index("--runs") + 1]) if "--runs" in argv else (1 if quick else 3)
-retries = int(argv[argv.index("--retries") + 1]) if "--retries" in argv else (0 if quick else 2)
-only = argv[argv.index("--only") + 1] if "--only" in argv else ""
-out_path = argv[argv.index("--out") + 1] if "--out" in argv else ""
-only_case = argv[argv.index("--case") + 1] if "--case" in argv else ""
+runs = int(option(argv, "--runs", 1 if quick else 3))
+retries = int(option(argv, "--retries", 0 if quick else 2))
+only = option(argv, "--only", "")
+out_path = option(argv, "--out", "")
+only_case = option(argv, "--case", "")
 load_bin = os.path.join(build, "bench", "amqp_load")
 warren_bin = os.path.join(build, "warren")
 plugin_dir = os.path.abspath(os.path.join(build, "plugins"))
@@ -114,37 +113,6 @@ UNITS = {"consume_rate": "msgs/s", "publish_rate": "msgs/s", "latency_p50": "µs
          "latency_p99": "µs", "latency_p999": "µs"}
 
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def machine_ticks():
-    """(busy, total) CPU ticks of the whole machine so far, from /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return sum(v) - v[3] - v[4], sum(v)  # idle and iowait are not busy
-
-
-def proc_cpu(pid):
-    """CPU seconds all threads of a process have run so far (schedstat: ns, not ticks)."""
-    total = 0
-    try:
-        for tid in os.listdir("/proc/%d/task" % pid):
-            try:
-                with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
-                    total += int(f.read().split()[0])
-            except (OSError, ValueError):
-                pass  # a thread that just ended
-    except OSError:
-        pass
-    return total / 1e9
-
-
-def children_cpu():
-    """CPU seconds used by this process's waited-for children (amqp_load runs) so far."""
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def cpu_busy(seconds=0.3):
     """The share of all CPUs busy over a short window, in %."""
     b0, t0 = machine_ticks()
@@ -161,81 +129,18 @@ def settle(limit=15.0, timeout=10.0):
         pass
 
 
-def loopback_bandwidth(seconds):
-    """Bytes/s one TCP connection over 127.0.0.1 carries: a forked sender writes 1 MiB
-    chunks for `seconds`, this process reads them."""
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(1)
-    port = lsock.getsockname()[1]
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            lsock.close()
-            s = socket.create_connection(("127.0.0.1", port), timeout=10)
-            chunk = b"\0" * (1 << 20)
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                s.sendall(chunk)
-            s.close()
-            status = 0
-        finally:
-            os._exit(status)
-    conn = None
-    try:
-        lsock.settimeout(10)
-        conn, _ = lsock.accept()
-        conn.settimeout(10)
-        buf = bytearray(1 << 20)
-        total, t0 = 0, time.monotonic()
-        while True:
-            n = conn.recv_into(buf)
-            if n == 0:
-                break
-            total += n
-        return total / (time.monotonic() - t0)
-    finally:
-        if conn:
-            conn.close()
-        lsock.close()
-        os.waitpid(pid, 0)
-
-
-def run_load(port, broker_pid, case_args):
-    """One amqp_load run. Returns (its JSON result or None, error text). The result gains the
-    CPU used during the run, in cores: by the broker, by amqp_load and by everything else on
-    the machine (which should be near 0: anything more means the numbers are disturbed)."""
+def run_amqp_load(port, broker_pid, case_args):
+    """One amqp_load run after the machine settled: benchlib.run_load's result, with the
+    latency percentiles as metrics and marked disturbed if other processes used more than
+    NOISE cores meanwhile."""
     settle()
     cmd = [load_bin, "--port", str(port), "--time", str(time_limit)] + case_args
-    m0, b0, t0 = machine_ticks()[0], proc_cpu(broker_pid), time.monotonic()
-    l0 = children_cpu()
-    try:
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    except OSError as e:
-        return None, str(e)
-    try:
-        out, err = p.communicate(timeout=time_limit + 60)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.communicate()
-        return None, "amqp_load did not finish within %d s" % (time_limit + 60)
-    wall = time.monotonic() - t0
-    machine = (machine_ticks()[0] - m0) / TICK
-    broker = proc_cpu(broker_pid) - b0
-    load = children_cpu() - l0
-    if p.returncode not in (0, 2):
-        return None, (err.strip() or "exit status %d" % p.returncode)
-    res = json.loads(out.strip().splitlines()[-1])
-    lat = res.get("latency_us") or {}
-    for k in ("p50", "p99", "p999"):
-        res["latency_" + k] = lat.get(k)
-    res["cpu_broker"] = round(broker / wall, 2)
-    res["cpu_load"] = round(load / wall, 2)
-    res["cpu_other"] = round(max(0.0, machine - broker - load) / wall, 2)
+    res, err = run_load(cmd, broker_pid, time_limit + 60)
+    if res is None:
+        return None, err
+    flatten_latency(res, "latency_us", "latency_", ("p50", "p99", "p999"))
     # /proc/stat counts in ticks: allow two ticks of rounding on top of NOISE.
-    res["disturbed"] = res["cpu_other"] > NOISE + 2.0 / TICK / wall
+    res["disturbed"] = res["cpu_other"] > NOISE + 2.0 / TICK / res["wall_s"]
     return res, ""
 
 
@@ -247,7 +152,7 @@ def run_cases(broker, port, broker_pid, results, raw):
             tag = "%s %s run %d/%d" % (broker, name, i + 1, runs)
             res, err = None, ""
             for attempt in range(1 + retries):
-                got, err = run_load(port, broker_pid, case_args)
+                got, err = run_amqp_load(port, broker_pid, case_args)
                 if got is None:
                     res = None
                     break
@@ -358,9 +263,7 @@ def main():
                 run_cases("warren", w.port, w.proc.pid, results, raw)
 
     if out_path:
-        with open(out_path, "w") as f:
-            for r in raw:
-                f.write(json.dumps(r) + "\n")
+        write_jsonl(out_path, raw)
     print_tables(results, raw)
     failed = sum(1 for v in results.values() for r in v if r is None)
     incomplete = sum(1 for r in raw if not r["complete"])

@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
     --build-dir) build="$2"; shift 2 ;;
     --runs|--out|--case) args+=("$1" "$2"); shift 2 ;;
     --quick) args+=("$1"); shift ;;
-    -h|--help) sed -n '2,18p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set /s/^# \{0,1\}//p' "$self"; exit 0 ;;
     *) echo "kafka_bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -39,24 +39,21 @@ cmake --build "$build" -j"$(nproc)" >"$build/kafka_bench-build.log" 2>&1 ||
   { echo "kafka_bench: no kafka_load (apt-get install librdkafka-dev)" >&2; exit 1; }
 
 exec /usr/bin/python3 - "$build" "${args[@]}" <<'PY'
-import json
 import os
-import resource
-import socket
 import statistics
-import subprocess
 import sys
-import time
 
-sys.path.insert(0, "tests/integration")
+sys.path[:0] = ["bench", "tests/integration"]
+from benchlib import (flatten_latency, loopback_bandwidth, option, run_load,  # noqa: E402
+                      write_jsonl)
 import harness  # noqa: E402
 
 build = sys.argv[1]
 argv = sys.argv[2:]
 quick = "--quick" in argv
-runs = int(argv[argv.index("--runs") + 1]) if "--runs" in argv else (1 if quick else 3)
-out_path = argv[argv.index("--out") + 1] if "--out" in argv else ""
-only_case = argv[argv.index("--case") + 1] if "--case" in argv else ""
+runs = int(option(argv, "--runs", 1 if quick else 3))
+out_path = option(argv, "--out", "")
+only_case = option(argv, "--case", "")
 load_bin = os.path.join(build, "bench", "kafka_load")
 warren_bin = os.path.abspath(os.path.join(build, "warren"))
 plugin_dir = os.path.abspath(os.path.join(build, "plugins"))
@@ -89,6 +86,19 @@ CASES = [
      ["--mode", "e2e", "--acks", "all", "--rate", "20000", "--linger-ms", "0",
       "--count", str(200000 // scale)],
      ["latency_p50", "latency_p99", "ack_p50", "ack_p99"]),
+    # Record by record: the consumer takes one record per poll and fetches wait 10 ms at most,
+    # so each latency is that record's own (the case above takes batches and waits up to
+    # 100 ms to fill one).
+    ("latency-poll-acksall-1k", "end to end record by record at a paced 1,000 records/s, "
+     "acks=all, 100 B", "lpoll1k",
+     ["--mode", "latency", "--acks", "all", "--rate", "1000", "--linger-ms", "0",
+      "--count", str(20000 // scale)],
+     ["latency_p50", "latency_p99", "latency_p999", "latency_max"]),
+    ("latency-poll-acksall-10k", "end to end record by record at a paced 10,000 records/s, "
+     "acks=all, 100 B", "lpoll10k",
+     ["--mode", "latency", "--acks", "all", "--rate", "10000", "--linger-ms", "0",
+      "--count", str(100000 // scale)],
+     ["latency_p50", "latency_p99", "latency_p999", "latency_max"]),
 ]
 if only_case:
     CASES = [c for c in CASES if c[0] == only_case or
@@ -96,104 +106,18 @@ if only_case:
     if not CASES:
         sys.exit("kafka_bench: no case named %s" % only_case)
 UNITS = {"produce_rate": "records/s", "consume_rate": "records/s", "produce_mb_s": "MB/s",
-         "consume_mb_s": "MB/s", "latency_p50": "µs", "latency_p99": "µs", "ack_p50": "µs",
-         "ack_p99": "µs"}
-TICK = os.sysconf("SC_CLK_TCK")
+         "consume_mb_s": "MB/s", "latency_p50": "µs", "latency_p99": "µs", "latency_p999": "µs",
+         "latency_max": "µs", "ack_p50": "µs", "ack_p99": "µs"}
 
 
-def machine_busy_ticks():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return sum(v) - v[3] - v[4]
-
-
-def proc_cpu(pid):
-    """CPU seconds all threads of a process have run so far (schedstat: ns)."""
-    total = 0
-    try:
-        for tid in os.listdir("/proc/%d/task" % pid):
-            try:
-                with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
-                    total += int(f.read().split()[0])
-            except (OSError, ValueError):
-                pass
-    except OSError:
-        pass
-    return total / 1e9
-
-
-def children_cpu():
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
-def loopback_bandwidth(seconds):
-    """Bytes/s one TCP connection over 127.0.0.1 carries: a forked sender writes 1 MiB
-    chunks for `seconds`, this process reads them."""
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(1)
-    port = lsock.getsockname()[1]
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            lsock.close()
-            s = socket.create_connection(("127.0.0.1", port), timeout=10)
-            chunk = b"\0" * (1 << 20)
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                s.sendall(chunk)
-            s.close()
-            status = 0
-        finally:
-            os._exit(status)
-    conn = None
-    try:
-        lsock.settimeout(10)
-        conn, _ = lsock.accept()
-        conn.settimeout(10)
-        buf = bytearray(1 << 20)
-        total, t0 = 0, time.monotonic()
-        while True:
-            n = conn.recv_into(buf)
-            if n == 0:
-                break
-            total += n
-        return total / (time.monotonic() - t0)
-    finally:
-        if conn:
-            conn.close()
-        lsock.close()
-        os.waitpid(pid, 0)
-
-
-def run_load(port, pid, topic, case_args):
+def run_kafka_load(port, pid, topic, case_args):
     cmd = [load_bin, "--brokers", "127.0.0.1:%d" % port, "--topic", topic,
            "--time", str(time_limit)] + case_args
-    m0, b0, l0, t0 = machine_busy_ticks(), proc_cpu(pid), children_cpu(), time.monotonic()
-    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = p.communicate(timeout=time_limit + 60)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.communicate()
-        return None, "kafka_load did not finish within %d s" % (time_limit + 60)
-    wall = time.monotonic() - t0
-    broker, load = proc_cpu(pid) - b0, children_cpu() - l0
-    machine = (machine_busy_ticks() - m0) / TICK
-    if p.returncode not in (0, 2) or not out.strip():
-        return None, err.strip() or "exit status %d" % p.returncode
-    res = json.loads(out.strip().splitlines()[-1])
-    for src, prefix in (("latency_us", "latency_"), ("ack_latency_us", "ack_")):
-        lat = res.get(src) or {}
-        for k in ("p50", "p99"):
-            res[prefix + k] = lat.get(k)
-    res["cpu_broker"] = round(broker / wall, 2)
-    res["cpu_load"] = round(load / wall, 2)
-    res["cpu_other"] = round(max(0.0, machine - broker - load) / wall, 2)
-    return res, ""
+    res, err = run_load(cmd, pid, time_limit + 60)
+    if res is not None:
+        flatten_latency(res, "latency_us", "latency_", ("p50", "p99", "p999", "max"))
+        flatten_latency(res, "ack_latency_us", "ack_", ("p50", "p99"))
+    return res, err
 
 
 def fmt(v):
@@ -219,7 +143,8 @@ def main():
               % (w.kafka_port, len(topics), PARTITIONS), flush=True)
         for i in range(runs):
             for name, _, topic, case_args, metrics in CASES:
-                res, err = run_load(w.kafka_port, w.proc.pid, "%s-%d" % (topic, i), case_args)
+                res, err = run_kafka_load(w.kafka_port, w.proc.pid, "%s-%d" % (topic, i),
+                                          case_args)
                 tag = "%s run %d/%d" % (name, i + 1, runs)
                 if res is None:
                     failed += 1
@@ -233,9 +158,7 @@ def main():
                          "" if res["complete"] else " INCOMPLETE", res["cpu_broker"],
                          res["cpu_load"], res["cpu_other"]), flush=True)
     if out_path:
-        with open(out_path, "w") as f:
-            for r in raw:
-                f.write(json.dumps(r) + "\n")
+        write_jsonl(out_path, raw)
     print()
     print("| case | metric | median (min – max) | of the loopback limit | CPU: warren, "
           "kafka_load |")

@@ -2,24 +2,32 @@
  * kafka_load.c: a Kafka load generator on librdkafka, for warren's Kafka listener (or any
  * Kafka broker).
  *
- * Three modes on one topic, all of its partitions:
+ * Four modes on one topic, all of its partitions:
  *   produce   produce --count records and wait for every delivery report (acks per --acks);
  *   consume   read --count records from the start of every partition (filled beforehand);
  *   e2e       a producer thread and a consumer at once; the consumer starts at the high
- *             watermarks read before the producer starts, so it sees exactly the new records.
+ *             watermarks read before the producer starts, so it sees exactly the new records,
+ *             and takes them in batches (throughput first);
+ *   latency   e2e paced at --rate, measured record by record: the producer sleeps between
+ *             records, the consumer takes one record per rd_kafka_consumer_poll and reads the
+ *             clock as it returns, and fetches wait at most FETCH_WAIT_LATENCY_MS at the
+ *             broker. One warm-up record goes through end to end first and is not counted,
+ *             so connection set-up is not measured.
  * Every run stops after --count records or --time seconds, whichever comes first, and waits
  * at most DRAIN_S more for outstanding delivery reports.
  *
  * Each record's value starts with the CLOCK_MONOTONIC time it was produced and its sequence
  * number. The delivery report gives the ack latency (produce call to broker acknowledgement);
- * in e2e mode the consumer, in the same process, gives the end-to-end latency.
+ * in e2e and latency modes the consumer, in the same process, gives the end-to-end latency.
  *
  * Output: one JSON line on stdout and one line for people on stderr. Exit status: 0 complete,
  * 1 error (connection, delivery error, a record of the wrong size), 2 cut short by --time.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -28,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <librdkafka/rdkafka.h>
 
@@ -37,9 +46,12 @@
 #define DRAIN_S 10.0                  /* the most a run waits for reports after --time */
 #define CONSUME_BATCH 4096
 #define MAX_PARTITIONS 1024
+#define WARMUP_SEQ UINT64_MAX          /* the sequence number that marks the warm-up record */
+#define WARMUP_S 10.0                 /* the most the warm-up record may take end to end */
+#define FETCH_WAIT_LATENCY_MS "10"    /* latency mode: the longest a fetch may wait at the broker */
 
-enum mode { MODE_PRODUCE, MODE_CONSUME, MODE_E2E };
-static const char *const mode_names[] = {"produce", "consume", "e2e"};
+enum mode { MODE_PRODUCE, MODE_CONSUME, MODE_E2E, MODE_LATENCY, MODE_COUNT };
+static const char *const mode_names[MODE_COUNT] = {"produce", "consume", "e2e", "latency"};
 
 struct options {
     const char *brokers, *topic, *acks;
@@ -66,6 +78,7 @@ struct run {
 
 static atomic_bool failed;      /* set by whichever side fails, so the other stops early */
 static atomic_bool producer_done;
+static atomic_bool warmed_up;   /* latency mode: the consumer has seen the warm-up record */
 
 static uint64_t now_ns(void)
 {
@@ -116,6 +129,8 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         fail(r, "delivery", rd_kafka_err2str(m->err));
         return;
     }
+    if (get64((const unsigned char *)m->payload + 8) == WARMUP_SEQ)
+        return;   /* not measured */
     uint64_t t = now_ns();
     r->ack_us[r->delivered++] = micros(t - get64(m->payload));
     r->bytes_delivered += m->len;
@@ -140,7 +155,8 @@ static rd_kafka_t *client_new(rd_kafka_type_t type, struct run *r)
         ok = ok && set(conf, "group.id", "kafka_load", r) &&
              set(conf, "enable.auto.commit", "false", r) &&
              set(conf, "enable.auto.offset.store", "false", r) &&
-             set(conf, "fetch.wait.max.ms", "100", r) &&
+             set(conf, "fetch.wait.max.ms",
+                 r->opt.mode == MODE_LATENCY ? FETCH_WAIT_LATENCY_MS : "100", r) &&
              set(conf, "queued.min.messages", "1000000", r) &&
              set(conf, "max.partition.fetch.bytes", "4194304", r) &&
              set(conf, "fetch.max.bytes", "52428800", r);
@@ -180,6 +196,43 @@ static int partition_count(rd_kafka_t *rk, struct run *r)
     return n > MAX_PARTITIONS ? MAX_PARTITIONS : n;
 }
 
+/* Sleeps until the CLOCK_MONOTONIC time `until` (ns) and serves delivery reports the moment
+ * they arrive, so ack latencies are not rounded up to the pacing gap: librdkafka writes a byte
+ * to report_fd whenever its report queue turns non-empty. */
+static void sleep_serving_reports(rd_kafka_t *rk, int report_fd, uint64_t until)
+{
+    for (uint64_t t = now_ns(); t < until; t = now_ns()) {
+        uint64_t left_ns = until - t;
+        struct timespec left = {.tv_sec = (time_t)(left_ns / 1000000000u),
+                                .tv_nsec = (long)(left_ns % 1000000000u)};
+        struct pollfd pfd = {.fd = report_fd, .events = POLLIN};
+        if (ppoll(&pfd, 1, &left, NULL) > 0) {
+            char wakeups[64];
+            while (read(report_fd, wakeups, sizeof wakeups) > 0)
+                continue;   /* empty the pipe; the reports themselves are in the queue */
+            rd_kafka_poll(rk, 0);
+        }
+    }
+}
+
+/* Sends the warm-up record and waits (WARMUP_S at most) until the consumer has seen it, so
+ * that both clients have their connections and metadata before the clock starts. */
+static void warm_up(rd_kafka_t *rk, rd_kafka_topic_t *rkt, struct run *r, unsigned char *value)
+{
+    put64(value, now_ns());
+    put64(value + 8, WARMUP_SEQ);
+    if (rd_kafka_produce(rkt, RD_KAFKA_PARTITION_UA, RD_KAFKA_MSG_F_COPY, value, r->opt.size,
+                         NULL, 0, NULL) == -1) {
+        fail(r, "produce", rd_kafka_err2str(rd_kafka_last_error()));
+        return;
+    }
+    uint64_t give_up = now_ns() + (uint64_t)(WARMUP_S * 1e9);
+    while (!atomic_load(&warmed_up) && !atomic_load(&failed) && now_ns() < give_up)
+        rd_kafka_poll(rk, 10);
+    if (!atomic_load(&warmed_up))
+        fail(r, "warm-up", "the first record did not come back end to end in time");
+}
+
 static void *produce(void *arg)
 {
     struct run *r = arg;
@@ -190,6 +243,21 @@ static void *produce(void *arg)
     }
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, r->opt.topic, NULL);
     unsigned char *value = calloc(1, r->opt.size);
+    if (!value)
+        fail(r, "produce", "out of memory");
+    /* Latency mode sleeps between records rather than spin, which would take a core from the
+     * broker and the consumer; this pipe wakes it for each delivery report. */
+    int report_pipe[2] = {-1, -1};
+    rd_kafka_queue_t *reports = NULL;
+    if (r->opt.mode == MODE_LATENCY && !atomic_load(&failed)) {
+        if (pipe2(report_pipe, O_NONBLOCK | O_CLOEXEC) == 0) {
+            reports = rd_kafka_queue_get_main(rk);
+            rd_kafka_queue_io_event_enable(reports, report_pipe[1], "r", 1);
+            warm_up(rk, rkt, r, value);
+        } else {
+            fail(r, "pipe2", strerror(errno));
+        }
+    }
     uint64_t start = now_ns();
     uint64_t end = start + (uint64_t)(r->opt.time_limit * 1e9);
     double gap_ns = r->opt.rate > 0 ? 1e9 / r->opt.rate : 0;
@@ -198,9 +266,13 @@ static void *produce(void *arg)
         uint64_t t = now_ns();
         if (t >= end)
             break;
-        if (gap_ns > 0 && t < start + (uint64_t)(seq * gap_ns)) {
-            rd_kafka_poll(rk, 0);
-            continue;   /* paced: spin until this record's slot (latency runs are short) */
+        uint64_t slot = start + (uint64_t)(seq * gap_ns);   /* start itself when unpaced */
+        if (t < slot) {
+            if (reports)
+                sleep_serving_reports(rk, report_pipe[0], slot);
+            else
+                rd_kafka_poll(rk, 0);   /* e2e: spin until the slot (latency runs are short) */
+            continue;
         }
         put64(value, t);
         put64(value + 8, seq);
@@ -216,13 +288,19 @@ static void *produce(void *arg)
         }
         seq++;
         atomic_store(&r->produced, seq);
-        if ((seq & 1023) == 0)
+        if ((seq & 1023) == 0 || reports)
             rd_kafka_poll(rk, 0);
     }
     /* Wait for outstanding reports, at most DRAIN_S past the time limit. */
     uint64_t drain_end = end + (uint64_t)(DRAIN_S * 1e9);
     while (rd_kafka_outq_len(rk) > 0 && now_ns() < drain_end && !atomic_load(&failed))
         rd_kafka_poll(rk, 50);
+    if (reports) {
+        rd_kafka_queue_io_event_enable(reports, -1, NULL, 0);
+        rd_kafka_queue_destroy(reports);
+        close(report_pipe[0]);
+        close(report_pipe[1]);
+    }
     free(value);
     rd_kafka_topic_destroy(rkt);
     rd_kafka_flush(rk, 0);
@@ -231,16 +309,18 @@ static void *produce(void *arg)
     return NULL;
 }
 
-/* Assigns every partition: from its start (consume) or from its high watermark (e2e). */
+/* Assigns every partition: from its start (consume) or from its high watermark (e2e and
+ * latency, whose producer starts after this). */
 static bool assign(rd_kafka_t *rk, struct run *r)
 {
     int n = partition_count(rk, r);
     if (n == 0)
         return false;
+    bool from_now = r->opt.mode != MODE_CONSUME;
     rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(n);
     for (int p = 0; p < n; p++) {
         int64_t low = 0, high = 0;
-        if (r->opt.mode == MODE_E2E) {
+        if (from_now) {
             rd_kafka_resp_err_t err =
                 rd_kafka_query_watermark_offsets(rk, r->opt.topic, p, &low, &high, 10000);
             if (err) {
@@ -250,7 +330,7 @@ static bool assign(rd_kafka_t *rk, struct run *r)
             }
         }
         rd_kafka_topic_partition_list_add(parts, r->opt.topic, p)->offset =
-            r->opt.mode == MODE_E2E ? high : RD_KAFKA_OFFSET_BEGINNING;
+            from_now ? high : RD_KAFKA_OFFSET_BEGINNING;
     }
     rd_kafka_resp_err_t err = rd_kafka_assign(rk, parts);
     rd_kafka_topic_partition_list_destroy(parts);
@@ -259,11 +339,15 @@ static bool assign(rd_kafka_t *rk, struct run *r)
     return !err;
 }
 
-static void consume(struct run *r, rd_kafka_queue_t *q)
+/* Consumes until --count records, --time, or (with a producer alongside) every record it
+ * made. The receive time of a batch is read once as it arrives; latency mode takes one record
+ * per poll, so each record's receive time is its own. */
+static void consume(struct run *r, rd_kafka_t *rk, rd_kafka_queue_t *q)
 {
     rd_kafka_message_t *batch[CONSUME_BATCH];
     uint64_t end = now_ns() + (uint64_t)(r->opt.time_limit * 1e9);
-    bool e2e = r->opt.mode == MODE_E2E;
+    bool e2e = r->opt.mode != MODE_CONSUME;
+    bool one_by_one = r->opt.mode == MODE_LATENCY;
     r->first_consume_ns = now_ns();
     while (r->consumed < r->opt.count && !atomic_load(&failed)) {
         uint64_t t = now_ns();
@@ -273,7 +357,13 @@ static void consume(struct run *r, rd_kafka_queue_t *q)
                                  t >= end + (uint64_t)(DRAIN_S * 1e9)));
         if (t >= end && drained)
             break;
-        ssize_t got = rd_kafka_consume_batch_queue(q, 100, batch, CONSUME_BATCH);
+        ssize_t got = 0;
+        if (one_by_one) {
+            batch[0] = rd_kafka_consumer_poll(rk, 100);
+            got = batch[0] != NULL;
+        } else {
+            got = rd_kafka_consume_batch_queue(q, 100, batch, CONSUME_BATCH);
+        }
         if (got < 0) {
             fail(r, "consume", rd_kafka_err2str(rd_kafka_last_error()));
             break;
@@ -285,6 +375,8 @@ static void consume(struct run *r, rd_kafka_queue_t *q)
                 fail(r, "consume", rd_kafka_message_errstr(m));
             } else if (m->len != r->opt.size) {
                 fail(r, "consume", "a record of the wrong size");
+            } else if (get64((const unsigned char *)m->payload + 8) == WARMUP_SEQ) {
+                atomic_store(&warmed_up, true);   /* not measured */
             } else if (r->consumed < r->opt.count) {
                 if (e2e)
                     r->e2e_us[r->consumed] = micros(t - get64(m->payload));
@@ -339,7 +431,7 @@ static void report(struct run *r, bool complete)
            o->rate, (uint64_t)atomic_load(&r->produced), r->delivered, r->consumed, prate, pmb,
            crate, cmb);
     print_latency(stdout, "ack_latency_us", r->ack_us, r->delivered);
-    print_latency(stdout, "latency_us", r->e2e_us, o->mode == MODE_E2E ? r->consumed : 0);
+    print_latency(stdout, "latency_us", r->e2e_us, o->mode != MODE_CONSUME ? r->consumed : 0);
     printf(",\"complete\":%s,\"error\":\"%s\"}\n", complete ? "true" : "false", r->error);
     fprintf(stderr, "kafka_load %s acks=%s %zu B: produced %.0f rec/s (%.1f MB/s), consumed "
             "%.0f rec/s (%.1f MB/s)%s%s\n", mode_names[o->mode], o->acks, o->size, prate, pmb,
@@ -349,9 +441,11 @@ static void report(struct run *r, bool complete)
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: kafka_load [--brokers HOST:PORT] [--topic NAME] [--mode produce|consume|e2e]\n"
-        "                  [--acks 0|1|all] [--idempotence] [--size BYTES] [--count N]\n"
-        "                  [--time SECONDS] [--rate RECORDS_PER_S] [--linger-ms MS]\n");
+        "usage: kafka_load [--brokers HOST:PORT] [--topic NAME]\n"
+        "                  [--mode produce|consume|e2e|latency] [--acks 0|1|all]\n"
+        "                  [--idempotence] [--size BYTES] [--count N] [--time SECONDS]\n"
+        "                  [--rate RECORDS_PER_S] [--linger-ms MS]\n"
+        "--mode latency needs --rate; pass --linger-ms 0 unless the linger is to be measured\n");
 }
 
 static bool parse(int argc, char **argv, struct options *o)
@@ -379,22 +473,22 @@ static bool parse(int argc, char **argv, struct options *o)
         case 'T': o->time_limit = strtod(optarg, NULL); break;
         case 'r': o->rate = strtod(optarg, NULL); break;
         case 'l': o->linger_ms = atoi(optarg); break;
-        case 'm':
-            if (!strcmp(optarg, "produce"))
-                o->mode = MODE_PRODUCE;
-            else if (!strcmp(optarg, "consume"))
-                o->mode = MODE_CONSUME;
-            else if (!strcmp(optarg, "e2e"))
-                o->mode = MODE_E2E;
-            else
+        case 'm': {
+            size_t m = 0;
+            while (m < MODE_COUNT && strcmp(optarg, mode_names[m]))
+                m++;
+            if (m == MODE_COUNT)
                 return false;
+            o->mode = (enum mode)m;
             break;
+        }
         case 'h': usage(stdout); exit(0);
         default: return false;
         }
     }
     return optind == argc && o->size >= STAMP_LEN && o->size <= MAX_SIZE && o->count > 0 &&
-           o->count <= MAX_COUNT && o->time_limit > 0 && o->rate >= 0 && o->linger_ms >= 0;
+           o->count <= MAX_COUNT && o->time_limit > 0 && o->rate >= 0 && o->linger_ms >= 0 &&
+           (o->mode != MODE_LATENCY || o->rate > 0);
 }
 
 int main(int argc, char **argv)
@@ -422,12 +516,12 @@ int main(int argc, char **argv)
             if (assign(rk, &r)) {
                 pthread_t producer;
                 bool started = false;
-                if (r.opt.mode == MODE_E2E) {
+                if (r.opt.mode != MODE_CONSUME) {
                     started = pthread_create(&producer, NULL, produce, &r) == 0;
                     if (!started)
                         fail(&r, "pthread_create", strerror(errno));
                 }
-                consume(&r, q);
+                consume(&r, rk, q);
                 if (started)
                     pthread_join(producer, NULL);
             }

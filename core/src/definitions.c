@@ -1,8 +1,9 @@
 /*
  * definitions.c: the durable topology. The durable exchanges, durable non-exclusive queues
  * and bindings between durable ends that clients declare are appended to
- * <data_dir>/definitions.log, and fdatasync'd, before the declare returns; at start-up the
- * file is replayed into the broker and rewritten compacted (docs/storage.md, "Definitions").
+ * <data_dir>/definitions.log, a record file (warren/recfile.h), and fdatasync'd before the
+ * declare returns; at start-up the file is replayed into the broker and rewritten compacted
+ * (docs/storage.md, "Definitions").
  *
  * The file is a log of changes. A model of what it stores (each live definition kept as the
  * bytes of its record, with the names it is found by) stays in memory, so a compaction is a
@@ -14,22 +15,24 @@
  * stored when both ends are durable, whoever declared the ends.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
+#include "warren/recfile.h"
 #include "broker_int.h"
 
 #define FILE_NAME "definitions.log"
-#define MAGIC "WRDF"
-#define VERSION 1u
-#define FILE_HEAD 8          /* magic, u32 version */
-#define REC_HEAD 12          /* u32 len, u32 CRC-32 of len's 4 bytes, u32 CRC-32 of payload */
-#define REC_MAX (64u << 20)  /* no definition comes near it; a longer length is damage */
 #define COMPACT_SLACK (64u << 10)
+
+static const struct wr_recfile_format format = {
+    .magic = "WRDF",
+    .version = 1,
+    .max_record = 64u << 20, /* no definition comes near it; a longer length is damage */
+    .kind = "definitions",
+    .contents = "the stored definitions",
+    .subsys = "definitions",
+};
 
 enum rec_type {
     REC_EXCHANGE = 1,
@@ -57,12 +60,10 @@ struct def {
 };
 
 struct definitions {
-    char *dir, *path;
-    int fd;                      /* -1 until the first write creates the file */
-    uint64_t size;               /* bytes of the file written and synced */
+    struct wr_recfile *rf;       /* created by the first write */
+    const char *path;            /* rf's, for messages */
     uint64_t live;               /* bytes the records of the model take */
     uint64_t seq;
-    bool failed;                 /* a write failed and could not be undone */
     bool model_lost;             /* out of memory updating the model: never compact from it */
     struct map exchanges, queues, binds;
 };
@@ -80,24 +81,6 @@ struct rec {
     struct wr_table *own_tab[2];
     size_t n_str, n_tab;
 };
-
-/* CRC-32 (IEEE 802.3, zlib's crc32), so the file can be checked with common tools. */
-static uint32_t crc32_of(const uint8_t *p, size_t n)
-{
-    static uint32_t table[256];
-    if (!table[1]) {
-        for (uint32_t i = 0; i < 256; i++) {
-            uint32_t c = i;
-            for (int k = 0; k < 8; k++)
-                c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-            table[i] = c;
-        }
-    }
-    uint32_t c = 0xFFFFFFFFu;
-    while (n--)
-        c = table[(c ^ *p++) & 0xFF] ^ (c >> 8);
-    return c ^ 0xFFFFFFFFu;
-}
 
 static bool args_equal(const struct wr_table *a, const struct wr_table *b)
 {
@@ -375,7 +358,7 @@ static void model_drop(struct definitions *d, struct def *df)
         if (head)
             head->same = df->same;
     }
-    d->live -= REC_HEAD + df->len;
+    d->live -= WR_RECFILE_REC_HEAD + df->len;
     def_free(df);
 }
 
@@ -441,10 +424,10 @@ static int model_apply(struct definitions *d, const struct rec *r, const uint8_t
             return WR_ENOMEM;
         }
         if (old) {
-            d->live -= REC_HEAD + old->len;
+            d->live -= WR_RECFILE_REC_HEAD + old->len;
             def_free(old);
         }
-        d->live += REC_HEAD + len;
+        d->live += WR_RECFILE_REC_HEAD + len;
         return WR_OK;
     }
     case REC_EXCHANGE_DELETE:
@@ -465,7 +448,7 @@ static int model_apply(struct definitions *d, const struct rec *r, const uint8_t
             def_free(df);
             return WR_ENOMEM;
         }
-        d->live += REC_HEAD + len;
+        d->live += WR_RECFILE_REC_HEAD + len;
         return WR_OK;
     }
     case REC_UNBIND:
@@ -532,114 +515,26 @@ static struct def **model_sorted(struct definitions *d, size_t *n, bool *oom)
 
 /* ---- the file ----------------------------------------------------------------------- */
 
-static bool write_at(int fd, const uint8_t *p, size_t n, uint64_t off)
-{
-    while (n) {
-        ssize_t w = pwrite(fd, p, n, (off_t)off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            if (w == 0)
-                errno = EIO;
-            return false;
-        }
-        p += w;
-        n -= (size_t)w;
-        off += (uint64_t)w;
-    }
-    return true;
-}
-
-static int sync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    int rc = fsync(fd);
-    int e = errno;
-    close(fd);
-    errno = e;
-    return rc;
-}
-
-/* mkdir -p */
-static int make_dirs(const char *dir)
-{
-    char path[4096];
-    size_t n = strlen(dir);
-    if (n >= sizeof path) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    memcpy(path, dir, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (path[i] != '/' && path[i] != '\0')
-            continue;
-        char c = path[i];
-        path[i] = '\0';
-        if (mkdir(path, 0755) != 0 && errno != EEXIST)
-            return -1;
-        path[i] = c;
-    }
-    return 0;
-}
-
-static void record_head(uint8_t *head, const uint8_t *payload, size_t len)
-{
-    wr_le32_put(head, (uint32_t)len);
-    wr_le32_put(head + 4, crc32_of(head, 4));
-    wr_le32_put(head + 8, crc32_of(payload, len));
-}
-
-/* Writes the model to a new file that replaces the old one (temp file, fdatasync, rename,
- * fsync of the directory), which becomes the file appended to. */
+/* Writes the model to a new file that replaces the old one, which becomes the file appended
+ * to. */
 static int compact(struct definitions *d, struct wr_error *err)
 {
     size_t n;
     bool oom;
     struct def **all = model_sorted(d, &n, &oom);
     struct wr_bytes out = {0};
-    uint8_t *p = wr_bytes_grow(&out, FILE_HEAD);
-    if (p) {
-        memcpy(p, MAGIC, 4);
-        wr_le32_put(p + 4, VERSION);
-    }
-    for (size_t i = 0; i < n && (p = wr_bytes_grow(&out, REC_HEAD + all[i]->len)); i++) {
-        record_head(p, all[i]->payload, all[i]->len);
-        memcpy(p + REC_HEAD, all[i]->payload, all[i]->len);
+    for (size_t i = 0; i < n && !out.oom; i++) {
+        size_t start = wr_recfile_record_begin(&out);
+        uint8_t *p = wr_bytes_grow(&out, all[i]->len);
+        if (p)
+            memcpy(p, all[i]->payload, all[i]->len);
+        wr_recfile_record_end(&out, start);
     }
     free(all);
-    if (oom || out.oom) {
-        wr_bytes_free(&out);
-        return wr_error_set(err, WR_ENOMEM, "%s: out of memory compacting", d->path);
-    }
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", d->path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0 || !write_at(fd, out.p, out.len, 0) || fdatasync(fd) != 0 ||
-        rename(tmp, d->path) != 0) {
-        int e = errno;
-        if (fd >= 0) {
-            close(fd);
-            unlink(tmp);
-        }
-        wr_bytes_free(&out);
-        errno = e;
-        return wr_error_sys(err, WR_EIO, "cannot write %s", fd < 0 ? tmp : d->path);
-    }
-    if (d->fd >= 0)
-        close(d->fd);
-    d->fd = fd;
-    d->size = out.len;
+    int rc = oom || out.oom ? wr_error_set(err, WR_ENOMEM, "%s: out of memory compacting", d->path)
+                            : wr_recfile_rewrite(d->rf, out.p, out.len, err);
     wr_bytes_free(&out);
-    if (sync_dir(d->dir) != 0) {
-        /* The rename may not survive a crash, and appends would go to a file that then
-         * vanishes: refuse them rather than lose them. */
-        d->failed = true;
-        return wr_error_sys(err, WR_EIO, "cannot fsync directory %s after replacing %s",
-                            d->dir, d->path);
-    }
-    return WR_OK;
+    return rc;
 }
 
 /* What a record does, for messages: "queue 'q' in vhost '/'", "deletion of ...". */
@@ -670,42 +565,38 @@ static int append(struct definitions *d, const struct rec *r, struct wr_error *e
 {
     char what[1200];
     rec_describe(r, what, sizeof what);
-    if (d->failed)
+    if (wr_recfile_failed(d->rf))
         return wr_error_set(err, WR_EIO,
                             "%s: an earlier write failed and could not be undone, so the change "
                             "to %s is refused: check the disk, then restart the broker",
                             d->path, what);
     struct wr_bytes rec = {0};
-    wr_bytes_grow(&rec, REC_HEAD);
+    size_t start = wr_recfile_record_begin(&rec);
     rec_encode(&rec, r);
-    if (rec.oom || rec.len - REC_HEAD > REC_MAX) {
+    if (rec.oom || rec.len - WR_RECFILE_REC_HEAD > format.max_record) {
         int rc = rec.oom ? WR_ENOMEM : WR_ELIMIT;
         wr_bytes_free(&rec);
         return wr_error_set(err, rc, "%s: cannot record %s: %s", d->path, what,
                             rc == WR_ENOMEM ? "out of memory" : "its arguments are too large");
     }
-    size_t len = rec.len - REC_HEAD;
-    record_head(rec.p, rec.p + REC_HEAD, len);
-    int e = 0;
-    if (d->fd < 0 && (make_dirs(d->dir) != 0 || compact(d, NULL) != WR_OK))
-        e = errno ? errno : EIO;
-    if (!e && (!write_at(d->fd, rec.p, rec.len, d->size) || fdatasync(d->fd) != 0)) {
-        e = errno;
-        if (ftruncate(d->fd, (off_t)d->size) != 0 || fdatasync(d->fd) != 0)
-            d->failed = true;
-    }
-    if (e) {
+    wr_recfile_record_end(&rec, start);
+    struct wr_error werr = {0};
+    int rc = WR_OK;
+    if (!wr_recfile_size(d->rf) && (rc = wr_recfile_make_dir(d->rf, &werr)) == WR_OK)
+        rc = compact(d, &werr);
+    if (rc == WR_OK)
+        rc = wr_recfile_append(d->rf, rec.p, rec.len, &werr);
+    if (rc != WR_OK) {
         wr_bytes_free(&rec);
-        wr_log(WR_LOG_ERROR, "definitions", "cannot write %s to %s: %s", what, d->path,
-               strerror(e));
-        errno = e;
+        wr_log(WR_LOG_ERROR, "definitions", "cannot write %s: %s", what, werr.msg);
+        errno = werr.sys_errno ? werr.sys_errno : EIO;
         return wr_error_sys(err, WR_EIO,
                             "cannot write %s to %s, so the change is refused rather than left "
                             "non-durable (free disk space or fix the permissions of %s)",
-                            what, d->path, d->dir);
+                            what, d->path, wr_recfile_dir(d->rf));
     }
-    d->size += rec.len;
-    if (!d->model_lost && model_apply(d, r, rec.p + REC_HEAD, len) != WR_OK) {
+    size_t len = rec.len - WR_RECFILE_REC_HEAD;
+    if (!d->model_lost && model_apply(d, r, rec.p + WR_RECFILE_REC_HEAD, len) != WR_OK) {
         d->model_lost = true;
         wr_log(WR_LOG_WARN, "definitions",
                "out of memory tracking %s: %s is no longer compacted until a restart", what,
@@ -714,7 +605,8 @@ static int append(struct definitions *d, const struct rec *r, struct wr_error *e
     wr_bytes_free(&rec);
     /* A long-running broker with churn would grow the log forever: rewrite it once most of
      * it is history. */
-    if (!d->model_lost && d->size > 2 * (FILE_HEAD + d->live) + COMPACT_SLACK) {
+    if (!d->model_lost &&
+        wr_recfile_size(d->rf) > 2 * (WR_RECFILE_HEAD + d->live) + COMPACT_SLACK) {
         struct wr_error cerr = {0};
         if (compact(d, &cerr) != WR_OK)
             wr_log(WR_LOG_WARN, "definitions", "compaction failed: %s", cerr.msg);
@@ -724,106 +616,16 @@ static int append(struct definitions *d, const struct rec *r, struct wr_error *e
 
 /* ---- start-up ----------------------------------------------------------------------- */
 
-/* Does a whole, intact record start at off? *len gets its payload length. */
-static bool intact_at(const uint8_t *buf, size_t size, size_t off, size_t *len)
+/* Replays one record of the file into the model (wr_recfile_record_cb). */
+static int replay_record(void *data, const uint8_t *payload, size_t len)
 {
-    if (size - off < REC_HEAD || crc32_of(buf + off, 4) != wr_le32_get(buf + off + 4))
-        return false;
-    uint32_t n = wr_le32_get(buf + off);
-    if (n > REC_MAX || size - off - REC_HEAD < n)
-        return false;
-    *len = n;
-    return crc32_of(buf + off + REC_HEAD, n) == wr_le32_get(buf + off + 8);
-}
-
-static int read_file(const char *path, uint8_t **out, size_t *size, struct wr_error *err)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT ? WR_ENOTFOUND : wr_error_sys(err, WR_EIO, "cannot open %s", path);
-    struct stat st;
-    uint8_t *buf = NULL;
-    size_t got = 0;
-    int rc = WR_OK;
-    if (fstat(fd, &st) != 0) {
-        rc = wr_error_sys(err, WR_EIO, "cannot stat %s", path);
-    } else if (!(buf = malloc(st.st_size ? (size_t)st.st_size : 1))) {
-        rc = wr_error_set(err, WR_ENOMEM, "out of memory reading %s", path);
-    } else {
-        while (got < (size_t)st.st_size) {
-            ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r <= 0)
-                break;
-            got += (size_t)r;
-        }
-        if (got != (size_t)st.st_size)
-            rc = wr_error_sys(err, WR_EIO, "cannot read %s", path);
+    struct rec r;
+    int rc = rec_decode(payload, len, &r);
+    if (rc == WR_OK) {
+        rc = model_apply(data, &r, payload, len);
+        rec_free(&r);
     }
-    close(fd);
-    if (rc != WR_OK) {
-        free(buf);
-        return rc;
-    }
-    *out = buf;
-    *size = got;
-    return WR_OK;
-}
-
-/* Replays the file into the model. Nothing on disk changes here. */
-static int replay(struct definitions *d, const uint8_t *buf, size_t size, struct wr_error *err)
-{
-    if (size < FILE_HEAD || memcmp(buf, MAGIC, 4) != 0)
-        return wr_error_set(err, WR_EPROTO,
-                            "%s is not a warren definitions file (no '" MAGIC "' header); "
-                            "start-up stops and the file is left as it is",
-                            d->path);
-    uint32_t version = wr_le32_get(buf + 4);
-    if (version != VERSION)
-        return wr_error_set(err, WR_EPROTO,
-                            "%s has format version %u, and this warren reads version %u%s; "
-                            "start-up stops and the file is left as it is",
-                            d->path, version, VERSION,
-                            version > VERSION ? " (it was written by a newer warren)" : "");
-    size_t off = FILE_HEAD;
-    while (off < size) {
-        size_t len = 0;
-        if (!intact_at(buf, size, off, &len)) {
-            /* A torn write can only be the last record: damage followed by an intact record
-             * is corruption, and nothing is cut then. */
-            for (size_t at = off + 1; at < size; at++) {
-                size_t l;
-                if (intact_at(buf, size, at, &l))
-                    return wr_error_set(err, WR_EPROTO,
-                                        "%s: damaged record at offset %zu, followed by intact "
-                                        "ones from offset %zu: start-up stops and the file is "
-                                        "left as it is (restore it from a backup, or move it "
-                                        "away to start without the stored definitions)",
-                                        d->path, off, at);
-            }
-            wr_log(WR_LOG_WARN, "definitions",
-                   "%s: the last record (offset %zu, %zu bytes) is torn, as a crash during a "
-                   "write leaves it; it is dropped",
-                   d->path, off, size - off);
-            break;
-        }
-        struct rec r;
-        int rc = rec_decode(buf + off + REC_HEAD, len, &r);
-        if (rc == WR_OK) {
-            rc = model_apply(d, &r, buf + off + REC_HEAD, len);
-            rec_free(&r);
-        }
-        if (rc != WR_OK)
-            return wr_error_set(err, rc,
-                                rc == WR_ENOMEM ? "%s: out of memory at offset %zu"
-                                                : "%s: the record at offset %zu is intact but "
-                                                  "not understood; start-up stops and the file "
-                                                  "is left as it is",
-                                d->path, off);
-        off += REC_HEAD + len;
-    }
-    return WR_OK;
+    return rc;
 }
 
 /* A stored definition the config contradicts: the config wins. */
@@ -962,36 +764,27 @@ static void defs_free(struct definitions *d)
 {
     if (!d)
         return;
-    if (d->fd >= 0)
-        close(d->fd);
     model_free(d);
-    free(d->dir);
-    free(d->path);
+    wr_recfile_free(d->rf);
     free(d);
 }
 
 int definitions_open(struct wr_broker *b, struct wr_error *err)
 {
     struct definitions *d = calloc(1, sizeof *d);
-    size_t plen = strlen(b->data_dir) + sizeof "/" FILE_NAME;
-    if (!d || !(d->dir = strdup(b->data_dir)) || !(d->path = malloc(plen))) {
-        if (d)
-            free(d->dir);
-        free(d);
+    if (!d)
         return wr_error_set(err, WR_ENOMEM, "out of memory opening the definitions");
+    int rc = wr_recfile_new(b->data_dir, FILE_NAME, &format, &d->rf, err);
+    if (rc != WR_OK) {
+        free(d);
+        return rc;
     }
-    d->fd = -1;
-    snprintf(d->path, plen, "%s/" FILE_NAME, b->data_dir);
-    uint8_t *buf = NULL;
-    size_t size = 0;
-    int rc = read_file(d->path, &buf, &size, err);
+    d->path = wr_recfile_path(d->rf);
+    rc = wr_recfile_replay(d->rf, replay_record, d, err);
     if (rc == WR_ENOTFOUND) {
         b->defs = d; /* created by the first durable declare */
         return WR_OK;
     }
-    if (rc == WR_OK)
-        rc = replay(d, buf, size, err);
-    free(buf);
     if (rc == WR_OK)
         rc = restore(b, d, err);
     if (rc == WR_OK)

@@ -251,6 +251,10 @@ int wr_queue_declare(struct wr_vhost *vh, const struct wr_queue_decl *decl,
         queue_release(q);
         return rc;
     }
+    /* A log keeps every partition it finds on disk (it grew before a restart), which can be
+     * more than declared: serve them all. */
+    if (q->log && HAS_OP(q->ops, struct wr_storage_ops, add_partitions))
+        q->ops->add_partitions(q->state, q->partitions, &q->partitions, NULL);
     if (map_put(&vh->queues, q->name, q) != 0) {
         q->ops->close(q->state);
         queue_release(q);
@@ -582,6 +586,30 @@ static int log_check(const struct wr_queue *q, uint32_t partition, struct wr_err
 }
 
 uint32_t wr_queue_partitions(const struct wr_queue *q) { return q->log ? q->partitions : 0; }
+
+int wr_queue_add_partitions(struct wr_queue *q, uint32_t count, struct wr_error *err)
+{
+    int rc = log_check(q, 0, err);
+    if (rc != WR_OK)
+        return rc;
+    if (count <= q->partitions)
+        return wr_error_set(err, WR_EINVAL, "queue '%s' in vhost '%s' has %u partitions and "
+                            "can only grow: %u is not more", q->name, q->vh->name,
+                            q->partitions, count);
+    if (!HAS_OP(q->ops, struct wr_storage_ops, add_partitions))
+        return wr_error_set(err, WR_EINVAL, "queue '%s' in vhost '%s': storage '%s' cannot "
+                            "add partitions", q->name, q->vh->name, q->storage);
+    uint32_t had = q->partitions, now = had;
+    rc = q->ops->add_partitions(q->state, count, &now, err);
+    if (now <= had)
+        return rc;
+    q->partitions = now;
+    sync_mark_dirty(q); /* the next barrier makes the new directories durable */
+    /* Recorded even after a partial failure: the partitions made are on disk. */
+    struct wr_error defs_err = {0};
+    int defs_rc = definitions_queue_declared(q, rc == WR_OK ? err : &defs_err);
+    return rc != WR_OK ? rc : defs_rc;
+}
 
 int wr_queue_append_batch(struct wr_queue *q, uint32_t partition, uint8_t *batch, size_t len,
                           uint64_t *base_offset, struct wr_error *err)

@@ -1,39 +1,20 @@
 /*
- * amqp091.c: the `amqp091` transport plugin: its descriptor and options, the listening
- * socket, and the broker's memory alarm relayed to every connection. One start() makes one
- * listener; conn.c does everything a connection does.
- *
- * Accepting: the listening socket is non-blocking and level-triggered; each readable event
- * accepts a bounded batch so one busy listener cannot starve the loop. When the process runs
- * out of file descriptors, accepting pauses for a moment instead of spinning on an event that
- * stays ready.
+ * amqp091.c: the `amqp091` transport plugin: its descriptor and options, its listener
+ * (a wr_tcp_listener, tcp.h, which also pauses accepting when descriptors run out) with the
+ * max_connections limit, and the broker's memory alarm relayed to every connection. One
+ * start() makes one listener; conn.c does everything a connection does.
  */
 #include "conn.h"
 
-#include <errno.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #define DEFAULT_CHANNEL_MAX 2047
 #define DEFAULT_FRAME_MAX (128u * 1024)
 #define DEFAULT_HEARTBEAT_MS 60000
-/* Connections accepted per readable event before the loop serves others. */
-#define ACCEPT_BATCH 64
-/* How long accepting pauses when the process is out of descriptors or memory. */
-#define ACCEPT_PAUSE_MS 100
 /* frame_max above this is refused: frames are buffered whole. */
 #define FRAME_MAX_LIMIT (1u << 30)
-
-struct listener {
-    struct amqp_listener l; /* first: conn.h's view */
-    uint64_t resume_timer;  /* accepting is paused until it fires (0: not paused) */
-};
 
 static const struct wr_option amqp_options[] = {
     {"channel_max", WR_OPT_INT, false,
@@ -94,179 +75,63 @@ static int read_options(struct amqp_listener *l, const struct wr_table *opts,
     return WR_OK;
 }
 
-/* "host:port" of a socket address, "[v6]:port" for IPv6. */
-static void format_addr(const struct sockaddr_storage *sa, char *out, size_t size)
+/* max_connections is checked here, before a connection costs anything. */
+static void on_accept(struct wr_tcp_listener *tl, int fd, const char *peer, void *data)
 {
-    char host[NI_MAXHOST], port[NI_MAXSERV];
-    if (getnameinfo((const struct sockaddr *)sa, sizeof *sa, host, sizeof host, port,
-                    sizeof port, NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
-        snprintf(out, size, "?");
+    struct amqp_listener *l = data;
+    if (l->max_connections && wr_tcp_listener_n_conns(tl) >= l->max_connections) {
+        wr_plog(l->ctx, WR_LOG_WARN,
+                "refusing connection from %s: max_connections (%u) reached", peer,
+                l->max_connections);
+        close(fd);
         return;
     }
-    snprintf(out, size, sa->ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, port);
-}
-
-static int listen_on(struct amqp_listener *l, const char *host, uint16_t port,
-                     struct wr_error *err)
-{
-    char service[8];
-    snprintf(service, sizeof service, "%u", port);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                             .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
-    struct addrinfo *res = NULL;
-    int gai = getaddrinfo(host, service, &hints, &res);
-    if (gai != 0)
-        return wr_error_set(err, WR_EINVAL, "amqp091: cannot resolve '%s': %s", host,
-                            gai_strerror(gai));
-    int rc = WR_EIO;
-    for (struct addrinfo *ai = res; ai && rc != WR_OK; ai = ai->ai_next) {
-        int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            rc = wr_error_sys(err, WR_EIO, "amqp091: socket");
-            continue;
-        }
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, SOMAXCONN) < 0) {
-            rc = wr_error_sys(err, WR_EIO, "amqp091: cannot listen on %s:%u", host, port);
-            close(fd);
-            continue;
-        }
-        struct sockaddr_storage sa;
-        socklen_t len = sizeof sa;
-        if (getsockname(fd, (struct sockaddr *)&sa, &len) < 0) {
-            rc = wr_error_sys(err, WR_EIO, "amqp091: getsockname");
-            close(fd);
-            continue;
-        }
-        l->port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
-                                                 : ((struct sockaddr_in *)&sa)->sin_port);
-        l->fd = fd;
-        rc = WR_OK;
-    }
-    freeaddrinfo(res);
-    return rc;
-}
-
-static void on_accept(struct wr_loop *lp, int fd, int events, void *data);
-
-static void resume_accepting(struct wr_loop *lp, void *data)
-{
-    struct listener *ls = data;
-    ls->resume_timer = 0;
-    wr_loop_fd_mod(lp, ls->l.fd, WR_READABLE, NULL);
-}
-
-static void pause_accepting(struct listener *ls, int error)
-{
-    struct amqp_listener *l = &ls->l;
-    wr_plog(l->ctx, WR_LOG_WARN, "accept on port %u: %s; pausing for %d ms", l->port,
-            strerror(error), ACCEPT_PAUSE_MS);
-    if (wr_loop_fd_mod(l->loop, l->fd, 0, NULL) == WR_OK)
-        ls->resume_timer = wr_loop_timer_add(l->loop, ACCEPT_PAUSE_MS, resume_accepting, ls);
-    if (!ls->resume_timer)
-        wr_loop_fd_mod(l->loop, l->fd, WR_READABLE, NULL);
-}
-
-static void on_accept(struct wr_loop *lp, int fd, int events, void *data)
-{
-    (void)lp, (void)events;
-    struct listener *ls = data;
-    struct amqp_listener *l = &ls->l;
-    for (int i = 0; i < ACCEPT_BATCH; i++) {
-        struct sockaddr_storage sa;
-        socklen_t len = sizeof sa;
-        int cfd = accept4(fd, (struct sockaddr *)&sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (cfd < 0) {
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
-                pause_accepting(ls, errno);
-            else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-                     errno != ECONNABORTED)
-                wr_plog(l->ctx, WR_LOG_WARN, "accept on port %u: %s", l->port,
-                        strerror(errno));
-            return;
-        }
-        char peer[64];
-        format_addr(&sa, peer, sizeof peer);
-        if (l->max_connections && l->n_conns >= l->max_connections) {
-            wr_plog(l->ctx, WR_LOG_WARN,
-                    "refusing connection from %s: max_connections (%u) reached", peer,
-                    l->max_connections);
-            close(cfd);
-            continue;
-        }
-        int one = 1;
-        setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        conn_accept(l, cfd, peer);
-    }
+    conn_accept(l, fd, peer);
 }
 
 static void on_alarm(void *data, bool raised)
 {
     struct amqp_listener *l = data;
     wr_plog(l->ctx, WR_LOG_WARN, "memory alarm %s on port %u", raised ? "raised" : "cleared",
-            l->port);
-    for (struct amqp_conn *c = l->conns, *next; c; c = next) {
-        next = c->next;
-        conn_alarm(c, raised);
-    }
+            wr_tcp_listener_port(l->tcp));
+    conn_alarm_all(l, raised);
 }
 
-/* Frees a listener whose socket may or may not be open and registered. */
-static void listener_free(struct listener *ls, bool registered)
+static void listener_free(struct amqp_listener *l)
 {
-    struct amqp_listener *l = &ls->l;
-    if (ls->resume_timer)
-        wr_loop_timer_del(l->loop, ls->resume_timer);
-    if (registered)
-        wr_loop_fd_del(l->loop, l->fd);
-    if (l->fd >= 0)
-        close(l->fd);
+    wr_tcp_listener_free(l->tcp);
     if (l->alarm)
         wr_broker_alarm_unwatch(l->alarm);
-    free(ls);
+    free(l);
 }
 
 static void amqp_stop(void *state)
 {
-    struct listener *ls = state;
-    struct amqp_listener *l = &ls->l;
+    struct amqp_listener *l = state;
     l->stopping = true;
-    if (l->n_conns)
-        wr_plog(l->ctx, WR_LOG_INFO, "closing %u connection(s) on port %u", l->n_conns,
-                l->port);
-    wr_loop_fd_del(l->loop, l->fd);
-    close(l->fd);
-    l->fd = -1;
+    wr_tcp_listener_stop(l->tcp);
     conn_close_all(l);
-    listener_free(ls, false);
+    listener_free(l);
 }
 
 static int amqp_start(struct wr_plugin_ctx *ctx, const struct wr_listener_args *args,
                       void **state, struct wr_error *err)
 {
-    struct listener *ls = calloc(1, sizeof *ls);
-    if (!ls)
+    struct amqp_listener *l = calloc(1, sizeof *l);
+    if (!l)
         return wr_error_set(err, WR_ENOMEM, "amqp091: out of memory");
-    struct amqp_listener *l = &ls->l;
     l->ctx = ctx;
     l->broker = wr_plugin_ctx_broker(ctx);
     l->loop = wr_plugin_ctx_loop(ctx);
-    l->fd = -1;
     const char *host = args->host ? args->host : "127.0.0.1";
     int rc = read_options(l, args->options, err);
     if (rc == WR_OK)
-        rc = listen_on(l, host, args->port, err);
-    if (rc == WR_OK)
-        rc = wr_loop_fd_add(l->loop, l->fd, WR_READABLE, on_accept, ls, err);
+        rc = wr_tcp_listener_new(ctx, host, args->port, on_accept, l, &l->tcp, err);
+    if (rc == WR_OK && !(l->alarm = wr_broker_alarm_watch(l->broker, on_alarm, l)))
+        rc = wr_error_set(err, WR_ENOMEM, "amqp091: out of memory");
     if (rc != WR_OK) {
-        listener_free(ls, false);
+        listener_free(l);
         return rc;
-    }
-    if (!(l->alarm = wr_broker_alarm_watch(l->broker, on_alarm, l))) {
-        listener_free(ls, true);
-        return wr_error_set(err, WR_ENOMEM, "amqp091: out of memory");
     }
     char limit[32] = "no limit";
     if (l->max_connections)
@@ -274,14 +139,15 @@ static int amqp_start(struct wr_plugin_ctx *ctx, const struct wr_listener_args *
     wr_plog(ctx, WR_LOG_INFO,
             "listening on %s:%u (channel_max %u, frame_max %u, heartbeat %us, "
             "max_connections %s)",
-            host, l->port, l->channel_max, l->frame_max, l->heartbeat_s, limit);
-    *state = ls;
+            host, wr_tcp_listener_port(l->tcp), l->channel_max, l->frame_max, l->heartbeat_s,
+            limit);
+    *state = l;
     return WR_OK;
 }
 
 static uint16_t amqp_port(void *state)
 {
-    return ((struct listener *)state)->l.port;
+    return wr_tcp_listener_port(((struct amqp_listener *)state)->tcp);
 }
 
 static const struct wr_transport_ops amqp_ops = {

@@ -76,14 +76,14 @@ struct content {
 };
 
 struct conn {
-    struct amqp_conn c; /* first: conn.h's view; the pointers convert both ways */
+    struct amqp_conn c; /* first: conn.h's view and, through it, the wr_tcp_conn; the
+                         * pointers convert all ways */
     struct wr_loop *lp;
 
     struct wr_buf *in;  /* in->data[pos..in->len) is not parsed yet */
     size_t pos;
     size_t need;        /* bytes the frame at pos needs in all, when known */
     size_t out_off;     /* c.out.p[0..out_off) is written */
-    int mask;           /* what the loop watches for */
 
     uint32_t n_slots;   /* entries in c.chans and contents */
     uint32_t n_chans;   /* channels in c.chans: the negotiated channel_max limits them */
@@ -93,8 +93,6 @@ struct conn {
     uint8_t quiet_ticks;
     bool sent, received; /* since the last heartbeat tick */
 
-    bool in_handler;     /* inside on_io: output is flushed when it returns */
-    bool flush_queued;
     bool out_full;       /* above OUT_HIGH; channels are kicked below OUT_LOW */
     bool dead;           /* to be freed at the next safe point */
     bool discard_input;  /* framing is lost or the connection is ending */
@@ -112,6 +110,11 @@ static void destroy(struct conn *k);
 static struct conn *conn_of(struct amqp_conn *c)
 {
     return (struct conn *)c;
+}
+
+static struct conn *tcp_conn_of(struct wr_tcp_conn *tc)
+{
+    return (struct conn *)tc;
 }
 
 static size_t pending(const struct conn *k)
@@ -134,14 +137,10 @@ static void conn_log(const struct conn *k, enum wr_log_level level, const char *
 
 static void conn_log(const struct conn *k, enum wr_log_level level, const char *fmt, ...)
 {
-    if (!wr_log_enabled(level))
-        return;
-    char text[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(text, sizeof text, fmt, ap);
+    wr_tcp_conn_vlog(&k->c.tc, level, fmt, ap);
     va_end(ap);
-    wr_plog(k->c.l->ctx, level, "connection %s: %s", k->c.peer, text);
 }
 
 /* RabbitMQ's name for a connection's state, used in its error texts. */
@@ -205,7 +204,7 @@ static void flush(struct conn *k)
         return;
     }
     while (k->out_off < c->out.len) {
-        ssize_t n = send(c->fd, c->out.p + k->out_off, c->out.len - k->out_off, MSG_NOSIGNAL);
+        ssize_t n = send(c->tc.fd, c->out.p + k->out_off, c->out.len - k->out_off, MSG_NOSIGNAL);
         if (n > 0) {
             k->out_off += (size_t)n;
             k->sent = true;
@@ -237,16 +236,14 @@ static void flush(struct conn *k)
         kick_channels(k);
     }
     if (!pending(k) && k->shut_when_flushed && !k->shut) {
-        shutdown(c->fd, SHUT_WR);
+        shutdown(c->tc.fd, SHUT_WR);
         k->shut = true;
     }
 }
 
 static void update_mask(struct conn *k)
 {
-    int mask = (k->blocked ? 0 : WR_READABLE) | (pending(k) ? WR_WRITABLE : 0);
-    if (mask != k->mask && wr_loop_fd_mod(k->lp, k->c.fd, mask, NULL) == WR_OK)
-        k->mask = mask;
+    wr_tcp_conn_watch(&k->c.tc, (k->blocked ? 0 : WR_READABLE) | (pending(k) ? WR_WRITABLE : 0));
 }
 
 /* The safe point after any event: flush, then free a dead connection or re-arm. */
@@ -260,14 +257,6 @@ static void settle(struct conn *k)
         update_mask(k);
 }
 
-static void on_flush(struct wr_loop *lp, void *data)
-{
-    (void)lp;
-    struct conn *k = data;
-    k->flush_queued = false;
-    settle(k);
-}
-
 void conn_output(struct amqp_conn *c)
 {
     struct conn *k = conn_of(c);
@@ -275,11 +264,7 @@ void conn_output(struct amqp_conn *c)
         return;
     if (pending(k) > OUT_HIGH)
         k->out_full = true;
-    if (k->in_handler || k->flush_queued)
-        return;
-    if (wr_loop_defer(k->lp, on_flush, k) == WR_OK)
-        k->flush_queued = true;
-    else
+    if (wr_tcp_conn_defer(&c->tc) != WR_OK)
         flush(k); /* out of memory: write now; a dead connection goes at its next event */
 }
 
@@ -856,9 +841,9 @@ static void published(struct conn *k)
         block(k);
 }
 
-void conn_alarm(struct amqp_conn *c, bool raised)
+static void on_alarm(struct conn *k, bool raised)
 {
-    struct conn *k = conn_of(c);
+    struct amqp_conn *c = &k->c;
     if (c->state != AMQP_CONN_OPEN || k->dead)
         return;
     if (raised) {
@@ -875,10 +860,10 @@ void conn_alarm(struct amqp_conn *c, bool raised)
         send_id(k, 0, AMQP_CONNECTION_UNBLOCKED);
         k->blocked_sent = false;
     }
-    k->in_handler = true;
+    c->tc.in_event = true;
     if (k->in)
         process(k);
-    k->in_handler = false;
+    c->tc.in_event = false;
     settle(k);
 }
 
@@ -1264,8 +1249,8 @@ static void read_input(struct conn *k)
         return;
     }
     struct wr_buf *b = k->in;
-    ssize_t n = k->discard_input ? recv(c->fd, sink, sizeof sink, 0)
-                                 : recv(c->fd, b->data + b->len, b->cap - b->len, 0);
+    ssize_t n = k->discard_input ? recv(c->tc.fd, sink, sizeof sink, 0)
+                                 : recv(c->tc.fd, b->data + b->len, b->cap - b->len, 0);
     if (n == 0) {
         hung_up(k);
         return;
@@ -1285,18 +1270,28 @@ static void read_input(struct conn *k)
     process(k);
 }
 
-static void on_io(struct wr_loop *lp, int fd, int events, void *data)
+static void on_writable(struct wr_tcp_conn *tc)
 {
-    (void)lp, (void)fd;
-    struct conn *k = data;
-    k->in_handler = true;
-    if (events & WR_WRITABLE)
-        flush(k);
-    if ((events & WR_READABLE) && !k->dead && !k->blocked)
-        read_input(k);
-    k->in_handler = false;
-    settle(k);
+    flush(tcp_conn_of(tc));
 }
+
+static void on_readable(struct wr_tcp_conn *tc)
+{
+    struct conn *k = tcp_conn_of(tc);
+    if (!k->dead && !k->blocked)
+        read_input(k);
+}
+
+static void on_settle(struct wr_tcp_conn *tc)
+{
+    settle(tcp_conn_of(tc));
+}
+
+static const struct wr_tcp_conn_ops conn_ops = {
+    .write = on_writable,
+    .read = on_readable,
+    .settle = on_settle,
+};
 
 static void on_handshake_timeout(struct wr_loop *lp, void *data)
 {
@@ -1312,57 +1307,35 @@ static void on_handshake_timeout(struct wr_loop *lp, void *data)
 
 void conn_accept(struct amqp_listener *l, int fd, const char *peer)
 {
-    struct conn *k = calloc(1, sizeof *k);
-    struct wr_error err = {0};
-    if (!k) {
-        wr_plog(l->ctx, WR_LOG_ERROR, "connection %s: out of memory; closing", peer);
-        close(fd);
+    struct conn *k = tcp_conn_of(wr_tcp_conn_new(l->tcp, sizeof *k, fd, peer, &conn_ops));
+    if (!k)
         return;
-    }
     struct amqp_conn *c = &k->c;
     k->lp = l->loop;
     c->l = l;
-    c->fd = fd;
     c->state = AMQP_CONN_HEADER;
     c->frame_max = FRAME_MIN_SIZE;
-    snprintf(c->peer, sizeof c->peer, "%s", peer);
-    k->mask = WR_READABLE;
-    if (wr_loop_fd_add(k->lp, fd, WR_READABLE, on_io, k, &err) != WR_OK) {
-        wr_plog(l->ctx, WR_LOG_ERROR, "connection %s: %s; closing", peer, err.msg);
-        close(fd);
-        free(k);
-        return;
-    }
     k->handshake_timer = wr_loop_timer_add(k->lp, HANDSHAKE_TIMEOUT_MS, on_handshake_timeout,
                                            k);
-    c->next = l->conns;
-    if (l->conns)
-        l->conns->prev = c;
-    l->conns = c;
-    l->n_conns++;
     conn_log(k, WR_LOG_DEBUG, "accepted");
+}
+
+void conn_alarm_all(struct amqp_listener *l, bool raised)
+{
+    for (struct wr_tcp_conn *tc = wr_tcp_listener_conns(l->tcp), *next; tc; tc = next) {
+        next = tc->next;
+        on_alarm(tcp_conn_of(tc), raised);
+    }
 }
 
 static void destroy(struct conn *k)
 {
     struct amqp_conn *c = &k->c;
-    struct amqp_listener *l = c->l;
     c->state = AMQP_CONN_CLOSED; /* a conn_fail from a channel being freed is a no-op */
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        l->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    l->n_conns--;
     k->dead = true;
     cancel_timer(k, &k->handshake_timer);
     cancel_timer(k, &k->tick_timer);
     cancel_timer(k, &k->close_timer);
-    if (k->flush_queued)
-        wr_loop_defer_cancel(k->lp, on_flush, k);
-    wr_loop_fd_del(k->lp, c->fd);
-    close(c->fd);
     for (uint32_t id = 1; id < k->n_slots; id++) {
         if (c->chans[id]) {
             chan_release(c->chans[id]);
@@ -1384,7 +1357,7 @@ static void destroy(struct conn *k)
     }
     wr_buf_unref(k->in);
     amqp_wr_free(&c->out);
-    free(k);
+    wr_tcp_conn_free(&c->tc); /* closes the socket */
 }
 
 void conn_close_all(struct amqp_listener *l)
@@ -1392,9 +1365,10 @@ void conn_close_all(struct amqp_listener *l)
     static const char reason[] =
         "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'";
     size_t n = 0;
-    for (struct amqp_conn *c = l->conns; c; c = c->next, n++) {
-        struct conn *k = conn_of(c);
-        k->in_handler = true; /* no deferred flushes: this function writes */
+    for (struct wr_tcp_conn *tc = wr_tcp_listener_conns(l->tcp); tc; tc = tc->next, n++) {
+        struct conn *k = tcp_conn_of(tc);
+        struct amqp_conn *c = &k->c;
+        tc->in_event = true; /* no deferred flushes: this function writes */
         release_channels(k);
         if (c->state == AMQP_CONN_OPEN && !k->dead) {
             conn_log(k, WR_LOG_INFO, "closing: broker shutdown");
@@ -1412,14 +1386,14 @@ void conn_close_all(struct amqp_listener *l)
     uint64_t deadline = wr_loop_now_ms(l->loop) + SHUTDOWN_FLUSH_MS;
     while (pfds && ks) {
         size_t m = 0;
-        for (struct amqp_conn *c = l->conns; c; c = c->next) {
-            struct conn *k = conn_of(c);
+        for (struct wr_tcp_conn *tc = wr_tcp_listener_conns(l->tcp); tc; tc = tc->next) {
+            struct conn *k = tcp_conn_of(tc);
             if (k->dead)
                 continue;
             flush(k);
             if (k->dead)
                 continue;
-            pfds[m] = (struct pollfd){c->fd, pending(k) ? POLLOUT : POLLIN, 0};
+            pfds[m] = (struct pollfd){tc->fd, pending(k) ? POLLOUT : POLLIN, 0};
             ks[m++] = k;
         }
         uint64_t now = wr_loop_now_ms(l->loop);
@@ -1436,6 +1410,6 @@ void conn_close_all(struct amqp_listener *l)
     }
     free(pfds);
     free(ks);
-    while (l->conns)
-        destroy(conn_of(l->conns));
+    while (wr_tcp_listener_conns(l->tcp))
+        destroy(tcp_conn_of(wr_tcp_listener_conns(l->tcp)));
 }

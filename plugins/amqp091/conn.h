@@ -1,6 +1,6 @@
 /*
  * conn.h: the AMQP 0-9-1 transport's internals, shared by its three files:
- *   amqp091.c  the plugin descriptor, its options, the listening socket, the memory alarm;
+ *   amqp091.c  the plugin descriptor, its options, the listener, the memory alarm;
  *   conn.c     one connection: socket I/O, framing, the connection class (handshake, auth,
  *              tune, heartbeats, close, blocked), channel open/close bookkeeping, content
  *              assembly, hard (connection) errors, graceful shutdown;
@@ -29,15 +29,12 @@ struct amqp_listener {
     struct wr_plugin_ctx *ctx;
     struct wr_broker *broker;
     struct wr_loop *loop;
-    int fd;
-    uint16_t port;
+    struct wr_tcp_listener *tcp; /* the socket, and the list of connections */
     /* Negotiation limits offered in connection.tune (from the listener's options). */
     uint16_t channel_max;     /* default 2047, as RabbitMQ */
     uint32_t frame_max;       /* default 131072 */
     uint16_t heartbeat_s;     /* default 60 */
     uint32_t max_connections; /* 0: no limit */
-    struct amqp_conn *conns;  /* doubly linked through amqp_conn.next / prev */
-    uint32_t n_conns;
     struct wr_alarm_watch *alarm;
     bool stopping;
 };
@@ -55,11 +52,9 @@ enum amqp_conn_state {
 };
 
 struct amqp_conn {
+    struct wr_tcp_conn tc;        /* first: the socket, its peer, the listener's list */
     struct amqp_listener *l;
-    struct amqp_conn *next, *prev;
-    int fd;
     enum amqp_conn_state state;
-    char peer[64];                /* "127.0.0.1:53211", for logs */
 
     /* Negotiated in tune-ok. */
     uint16_t channel_max;
@@ -101,9 +96,9 @@ void conn_fail(struct amqp_conn *c, uint16_t code, uint32_t method_id, const cha
  * is closed and the failure logged. */
 void conn_accept(struct amqp_listener *l, int fd, const char *peer);
 /* For amqp091.c: the broker's memory alarm was raised or cleared. As RabbitMQ does, a
- * connection that has published stops being read while the alarm lasts, and hears
+ * connection of l that has published stops being read while the alarm lasts, and hears
  * connection.blocked / unblocked if it announced the capability. */
-void conn_alarm(struct amqp_conn *c, bool raised);
+void conn_alarm_all(struct amqp_listener *l, bool raised);
 /* For amqp091.c, at shutdown: every connection of l gets connection.close 320
  * CONNECTION_FORCED (those still in the handshake are just closed), output is flushed for at
  * most a second in all, then every connection is freed. */

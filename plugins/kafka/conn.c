@@ -62,12 +62,10 @@ struct kf_reply {
 };
 
 struct kf_conn {
+    struct wr_tcp_conn tc;     /* first: the socket, its peer, the listener's list */
     struct kf_listener *l;
-    struct kf_conn *next, *prev;
     struct wr_loop *lp;
-    int fd;
     uint64_t id;
-    char peer[64];
     char client_host[64];
     char client_id[256];
     char user[256];
@@ -81,12 +79,9 @@ struct kf_conn {
     size_t n_replies;
     uint64_t out_bytes;        /* bytes of complete replies not yet sent */
 
-    int mask;
     bool dead;
     bool reading_paused;
     bool stopping;             /* graceful stop: read nothing more */
-    bool in_handler;           /* inside on_io: flush and free at its end */
-    bool flush_queued;
     bool destroy_queued;
 };
 
@@ -105,13 +100,16 @@ struct wr_vhost *kf_conn_vhost(const struct kf_conn *c)
 struct wr_loop *kf_conn_loop(const struct kf_conn *c) { return c->lp; }
 struct kf_listener *kf_conn_listener(const struct kf_conn *c) { return c->l; }
 const char *kf_conn_client_id(const struct kf_conn *c) { return c->client_id; }
-const char *kf_conn_peer(const struct kf_conn *c) { return c->peer; }
+const char *kf_conn_peer(const struct kf_conn *c) { return c->tc.peer; }
 const char *kf_conn_client_host(const struct kf_conn *c) { return c->client_host; }
 uint64_t kf_conn_id(const struct kf_conn *c) { return c->id; }
 const char *kf_conn_user(const struct kf_conn *c) { return c->user; }
 bool kf_conn_authenticated(const struct kf_conn *c) { return c->authenticated; }
 const char *kf_conn_node_host(const struct kf_conn *c) { return c->l->host; }
-int32_t kf_conn_node_port(const struct kf_conn *c) { return c->l->port; }
+int32_t kf_conn_node_port(const struct kf_conn *c)
+{
+    return wr_tcp_listener_port(c->l->tcp);
+}
 int16_t kf_reply_version(const struct kf_reply *r) { return r->version; }
 struct kf_conn *kf_reply_conn(const struct kf_reply *r) { return r->conn; }
 
@@ -128,14 +126,10 @@ void kf_conn_set_user(struct kf_conn *c, const char *user)
 
 void kf_conn_log(const struct kf_conn *c, enum wr_log_level level, const char *fmt, ...)
 {
-    if (!wr_log_enabled(level))
-        return;
-    char text[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(text, sizeof text, fmt, ap);
+    wr_tcp_conn_vlog(&c->tc, level, fmt, ap);
     va_end(ap);
-    wr_plog(c->l->ctx, level, "conn %llu %s: %s", (unsigned long long)c->id, c->peer, text);
 }
 
 /* ---- replies ----------------------------------------------------------------------------- */
@@ -298,7 +292,7 @@ static ssize_t send_some(struct kf_conn *c)
     if (s->fd >= 0) {
         off_t off = (off_t)(s->off + r->seg_sent);
         size_t want = s->len - r->seg_sent;
-        n = sendfile(c->fd, s->fd, &off, want > (1u << 30) ? (1u << 30) : want);
+        n = sendfile(c->tc.fd, s->fd, &off, want > (1u << 30) ? (1u << 30) : want);
         if (n == 0) /* the file is shorter than the slice said: truncated underneath us */
             errno = EIO, n = -1;
     } else {
@@ -315,7 +309,7 @@ static ssize_t send_some(struct kf_conn *c)
             if (i < q->n_segs)
                 break;
         }
-        n = writev(c->fd, iov, k);
+        n = writev(c->tc.fd, iov, k);
     }
     if (n < 0)
         return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
@@ -368,8 +362,7 @@ static void update_mask(struct kf_conn *c)
         c->reading_paused = true;
     int mask = (c->reading_paused || c->stopping ? 0 : WR_READABLE) |
                (waiting_output(c) ? WR_WRITABLE : 0);
-    if (mask != c->mask && wr_loop_fd_mod(c->lp, c->fd, mask, NULL) == WR_OK)
-        c->mask = mask;
+    wr_tcp_conn_watch(&c->tc, mask);
 }
 
 static void process(struct kf_conn *c);
@@ -384,9 +377,9 @@ static void settle(struct kf_conn *c)
         bool was_paused = c->reading_paused;
         update_mask(c);
         if (was_paused && !c->reading_paused && !c->stopping) {
-            c->in_handler = true;
+            c->tc.in_event = true;
             process(c);
-            c->in_handler = false;
+            c->tc.in_event = false;
             if (!c->dead)
                 flush(c);
             if (!c->dead)
@@ -397,21 +390,9 @@ static void settle(struct kf_conn *c)
         destroy(c);
 }
 
-static void on_flush(struct wr_loop *lp, void *data)
-{
-    (void)lp;
-    struct kf_conn *c = data;
-    c->flush_queued = false;
-    settle(c);
-}
-
 static void queue_flush(struct kf_conn *c)
 {
-    if (c->in_handler || c->flush_queued)
-        return;
-    if (wr_loop_defer(c->lp, on_flush, c) == WR_OK)
-        c->flush_queued = true;
-    else
+    if (wr_tcp_conn_defer(&c->tc) != WR_OK)
         c->dead = true; /* out of memory: freed at its next event */
 }
 
@@ -572,7 +553,7 @@ static void read_input(struct kf_conn *c)
         c->dead = true;
         return;
     }
-    ssize_t n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+    ssize_t n = recv(c->tc.fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
     if (n == 0) {
         kf_conn_log(c, WR_LOG_DEBUG, "client closed the connection");
         c->dead = true;
@@ -589,53 +570,53 @@ static void read_input(struct kf_conn *c)
     process(c);
 }
 
-static void on_io(struct wr_loop *lp, int fd, int events, void *data)
+static struct kf_conn *conn_of(struct wr_tcp_conn *tc)
 {
-    (void)lp, (void)fd;
-    struct kf_conn *c = data;
-    c->in_handler = true;
-    if (events & WR_WRITABLE)
-        flush(c);
-    if ((events & WR_READABLE) && !c->dead && !c->reading_paused && !c->stopping)
-        read_input(c);
-    c->in_handler = false;
-    settle(c);
+    return (struct kf_conn *)tc;
 }
+
+static void on_writable(struct wr_tcp_conn *tc)
+{
+    flush(conn_of(tc));
+}
+
+static void on_readable(struct wr_tcp_conn *tc)
+{
+    struct kf_conn *c = conn_of(tc);
+    if (!c->dead && !c->reading_paused && !c->stopping)
+        read_input(c);
+}
+
+static void on_settle(struct wr_tcp_conn *tc)
+{
+    settle(conn_of(tc));
+}
+
+static const struct wr_tcp_conn_ops conn_ops = {
+    .write = on_writable,
+    .read = on_readable,
+    .settle = on_settle,
+};
 
 /* ---- life cycle -------------------------------------------------------------------------- */
 
-void kf_conn_accept(struct kf_listener *l, int fd, const char *peer)
+void kf_conn_accept(struct wr_tcp_listener *tl, int fd, const char *peer, void *data)
 {
-    struct kf_conn *c = calloc(1, sizeof *c);
-    struct wr_error err = {0};
-    if (!c) {
-        wr_plog(l->ctx, WR_LOG_ERROR, "connection %s: out of memory; closing", peer);
-        close(fd);
+    struct kf_listener *l = data;
+    struct kf_conn *c = conn_of(wr_tcp_conn_new(tl, sizeof *c, fd, peer, &conn_ops));
+    if (!c)
         return;
-    }
     c->l = l;
     c->lp = l->loop;
-    c->fd = fd;
     c->id = next_conn_id++;
-    snprintf(c->peer, sizeof c->peer, "%s", peer);
+    snprintf(c->tc.label, sizeof c->tc.label, "conn %llu %s", (unsigned long long)c->id,
+             c->tc.peer);
     /* Kafka shows a client's host as "/1.2.3.4" */
     snprintf(c->client_host, sizeof c->client_host, "/%s", peer[0] == '[' ? peer + 1 : peer);
     char *colon = strrchr(c->client_host, peer[0] == '[' ? ']' : ':');
     if (colon)
         *colon = 0;
     c->authenticated = !l->sasl_plain;
-    c->mask = WR_READABLE;
-    if (wr_loop_fd_add(c->lp, fd, WR_READABLE, on_io, c, &err) != WR_OK) {
-        wr_plog(l->ctx, WR_LOG_ERROR, "connection %s: %s; closing", peer, err.msg);
-        close(fd);
-        free(c);
-        return;
-    }
-    c->next = l->conns;
-    if (l->conns)
-        l->conns->prev = c;
-    l->conns = c;
-    l->n_conns++;
     kf_conn_log(c, WR_LOG_DEBUG, "accepted");
 }
 
@@ -654,18 +635,8 @@ static void abort_pending(struct kf_conn *c)
 
 static void destroy(struct kf_conn *c)
 {
-    struct kf_listener *l = c->l;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        l->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    l->n_conns--;
     c->dead = true;
-    if (c->flush_queued)
-        wr_loop_defer_cancel(c->lp, on_flush, c);
-    c->in_handler = true; /* completions from abort callbacks must not queue flushes */
+    c->tc.in_event = true; /* completions from abort callbacks must not queue flushes */
     /* pending replies go to their owners, complete ones are freed here */
     struct kf_reply *r = c->head;
     c->head = c->tail = NULL;
@@ -688,19 +659,18 @@ static void destroy(struct kf_conn *c)
         if (cb)
             cb(pending, pending->abort_data); /* frees it: its conn is gone */
     }
-    wr_loop_fd_del(c->lp, c->fd);
-    close(c->fd);
     free(c->in);
     kf_conn_log(c, WR_LOG_DEBUG, "closed");
-    free(c);
+    wr_tcp_conn_free(&c->tc); /* closes the socket */
 }
 
 void kf_conn_close_all(struct kf_listener *l)
 {
     size_t n = 0;
-    for (struct kf_conn *c = l->conns; c; c = c->next, n++) {
+    for (struct wr_tcp_conn *tc = wr_tcp_listener_conns(l->tcp); tc; tc = tc->next, n++) {
+        struct kf_conn *c = conn_of(tc);
         c->stopping = true;
-        c->in_handler = true;
+        tc->in_event = true;
         abort_pending(c);
     }
     /* Flush everything at once, for at most SHUTDOWN_FLUSH_MS in all. */
@@ -708,17 +678,18 @@ void kf_conn_close_all(struct kf_listener *l)
     uint64_t deadline = wr_loop_now_ms(l->loop) + SHUTDOWN_FLUSH_MS;
     while (pfds) {
         size_t m = 0;
-        for (struct kf_conn *c = l->conns; c; c = c->next) {
+        for (struct wr_tcp_conn *tc = wr_tcp_listener_conns(l->tcp); tc; tc = tc->next) {
+            struct kf_conn *c = conn_of(tc);
             if (!c->dead)
                 flush(c);
             if (!c->dead && waiting_output(c))
-                pfds[m++] = (struct pollfd){c->fd, POLLOUT, 0};
+                pfds[m++] = (struct pollfd){tc->fd, POLLOUT, 0};
         }
         uint64_t now = wr_loop_now_ms(l->loop);
         if (!m || now >= deadline || poll(pfds, m, (int)(deadline - now)) <= 0)
             break;
     }
     free(pfds);
-    while (l->conns)
-        destroy(l->conns);
+    while (wr_tcp_listener_conns(l->tcp))
+        destroy(conn_of(wr_tcp_listener_conns(l->tcp)));
 }

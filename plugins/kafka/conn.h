@@ -1,6 +1,6 @@
 /*
  * conn.h: the Kafka transport's internals, shared by its files:
- *   kafka.c     the plugin descriptor, its options, the listening socket;
+ *   kafka.c     the plugin descriptor, its options, the listener;
  *   conn.c      one connection: socket I/O, 4-byte framing, request headers, replies in
  *               request order (a slot per request), back-pressure, graceful stop;
  *   handlers.c  the request handlers (ApiVersions, Metadata, Produce, Fetch, ...) and the
@@ -33,15 +33,13 @@ struct kf_listener {
     struct wr_plugin_ctx *ctx;
     struct wr_broker *broker;
     struct wr_loop *loop;
-    int fd;
-    uint16_t port;
+    struct wr_tcp_listener *tcp; /* the socket, and the list of connections */
     char host[256];            /* advertised in Metadata and FindCoordinator */
     bool auto_create_topics;   /* default true */
     int32_t default_partitions;/* default 1 */
     uint32_t max_request_size; /* a bigger request closes its connection; default 100 MiB */
     bool sasl_plain;           /* `sasl: plain`: clients authenticate before anything else */
-    struct kf_conn *conns;     /* doubly linked */
-    uint32_t n_conns;
+    int32_t group_initial_rebalance_delay_ms; /* default 3000 (Kafka's) */
     struct kf_groups *groups;
     struct kf_handlers *handlers;
     bool stopping;
@@ -100,9 +98,10 @@ int32_t kf_conn_node_port(const struct kf_conn *c);
 void kf_conn_log(const struct kf_conn *c, enum wr_log_level level, const char *fmt, ...)
     WR_PRINTF(3, 4);
 
-/* For kafka.c: takes over an accepted non-blocking socket (peer "host:port") and links the
- * connection into l->conns. On failure the socket is closed and the failure logged. */
-void kf_conn_accept(struct kf_listener *l, int fd, const char *peer);
+/* For kafka.c, the listener's accept callback (data: the struct kf_listener): makes a
+ * connection of an accepted socket (peer "host:port"). On failure the socket is closed and
+ * the failure logged. */
+void kf_conn_accept(struct wr_tcp_listener *tl, int fd, const char *peer, void *data);
 /* For kafka.c, at shutdown: stops reading, completes every pending reply (their abort
  * callbacks), flushes the output of every connection for at most a second in all, then
  * frees them. */

@@ -5,9 +5,10 @@
  * A group follows Kafka's classic protocol: Empty -> PreparingRebalance when a member joins
  * or leaves -> CompletingRebalance once every member has rejoined (or the longest rebalance
  * timeout has passed: the dynamic members that did not rejoin are dropped) -> Stable once the
- * leader's SyncGroup hands out the assignments. The leader is the first member, and it alone
- * gets every member's metadata; the protocol is the first of the leader's that every member
- * supports. Each completed rebalance is a new generation. A member that sends nothing for its
+ * leader's SyncGroup hands out the assignments. A rebalance that starts Empty waits out the
+ * initial rebalance delay instead, longer while new members keep coming. The leader is the
+ * first member, and it alone gets every member's metadata; the protocol is chosen by the
+ * members' votes. Each completed rebalance is a new generation. A member that sends nothing for its
  * session timeout is dropped, which starts a rebalance. From JoinGroup v4 a member without an
  * id first gets one with MEMBER_ID_REQUIRED and joins with it (KIP-394). A static member
  * (group.instance.id, KIP-345) that rejoins takes its old slot under a new member id, and in
@@ -76,6 +77,11 @@ struct group {
     struct pending **pending;
     size_t n_pending, cap_pending;
     uint64_t rebalance_timer;
+    /* The initial rebalance delay: a join phase begun Empty ends only when its timer fires,
+     * and goes on for another window while new members keep coming. */
+    bool held;
+    bool member_added;           /* a new member joined in the current window */
+    int32_t hold_left_ms;        /* of the rebalance timeout, after the current window */
 };
 
 struct kf_groups {
@@ -83,6 +89,7 @@ struct kf_groups {
     struct kf_offsets *offsets;
     struct group *groups;
     int32_t min_session_ms, max_session_ms;
+    int32_t initial_delay_ms;    /* group.initial.rebalance.delay.ms */
 };
 
 /* A reply waiting for the offsets file's group commit, with its body for either outcome. */
@@ -349,19 +356,102 @@ static void member_detach(struct group *grp, struct member *m, int16_t error)
 
 /* ---- the rebalance -------------------------------------------------------------------- */
 
-/* The first of the leader's protocols that every member supports (the leader's first if
- * none: JoinGroup keeps that from happening). */
+/* One code point of the UTF-8 string at *p, which moves past it. A byte that starts no valid
+ * sequence is U+FFFD on its own. */
+static uint32_t utf8_next(const unsigned char **p)
+{
+    static const uint32_t least[] = {0, 0x80, 0x800, 0x10000}; /* refuses overlong forms */
+    const unsigned char *s = *p;
+    int extra = s[0] >= 0xF0 ? 3 : s[0] >= 0xE0 ? 2 : s[0] >= 0xC0 ? 1 : 0;
+    *p = s + 1;
+    if (s[0] < 0x80)
+        return s[0];
+    if (s[0] < 0xC0 || s[0] >= 0xF8)
+        return 0xFFFD;
+    uint32_t cp = s[0] & (0x3Fu >> extra);
+    for (int i = 1; i <= extra; i++) {
+        if ((s[i] & 0xC0) != 0x80) /* also stops at the NUL */
+            return 0xFFFD;
+        cp = cp << 6 | (s[i] & 0x3Fu);
+    }
+    if (cp < least[extra] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0xFFFD;
+    *p = s + 1 + extra;
+    return cp;
+}
+
+/* The bucket java.util.HashMap files name under in a table of `buckets` (a power of two):
+ * String.hashCode over the name's UTF-16 units, spread as HashMap.hash spreads it. */
+static uint32_t java_bucket(const char *name, uint32_t buckets)
+{
+    uint32_t h = 0;
+    for (const unsigned char *p = (const unsigned char *)name; *p;) {
+        uint32_t cp = utf8_next(&p);
+        if (cp >= 0x10000) { /* two UTF-16 units: a surrogate pair */
+            h = 31 * h + (0xD800 + ((cp - 0x10000) >> 10));
+            cp = 0xDC00 + (cp & 0x3FF);
+        }
+        h = 31 * h + cp;
+    }
+    return (h ^ h >> 16) & (buckets - 1);
+}
+
+/* Kafka's rule (ClassicGroup.selectProtocol): the candidates are the protocols every member
+ * supports, each member votes for the first candidate in its own order, and the most votes
+ * win. Kafka counts the votes in a java.util.HashMap and keeps the first of the tied
+ * protocols in that map's iteration order, so a tie goes the same way here: the lower
+ * HashMap bucket, then the protocol voted for first (in Kafka, whichever member its members
+ * map yields first). The leader's first protocol if none is common (JoinGroup keeps that from
+ * happening); NULL out of memory. */
 static const char *select_protocol(const struct group *grp)
 {
+    /* Every candidate is one of any member's protocols: tally against the leader's. */
     const struct member *leader = grp->members[0];
+    struct tally {
+        bool candidate;
+        size_t votes, first_vote;   /* first_vote: the order its first vote came in */
+    } *t = calloc((size_t)leader->n_protos, sizeof *t);
+    if (!t)
+        return NULL;
     for (int32_t i = 0; i < leader->n_protos; i++) {
         size_t k = 1;
         while (k < grp->n_members && member_protocol(grp->members[k], leader->protos[i].name))
             k++;
-        if (k == grp->n_members)
-            return leader->protos[i].name;
+        t[i].candidate = k == grp->n_members &&
+                         member_protocol(leader, leader->protos[i].name) == &leader->protos[i];
     }
-    return leader->protos[0].name;
+    size_t n_voted = 0;
+    for (size_t k = 0; k < grp->n_members; k++) {
+        const struct member *m = grp->members[k];
+        for (int32_t j = 0; j < m->n_protos; j++) {
+            const struct protocol *p = member_protocol(leader, m->protos[j].name);
+            if (p && t[p - leader->protos].candidate) {
+                struct tally *v = &t[p - leader->protos];
+                if (v->votes++ == 0)
+                    v->first_vote = n_voted++;
+                break;
+            }
+        }
+    }
+    uint32_t buckets = 16; /* HashMap's default, doubled past a load of 3/4 */
+    while (n_voted > buckets / 4 * 3)
+        buckets *= 2;
+    int32_t best = -1;
+    uint32_t best_bucket = 0;
+    for (int32_t i = 0; i < leader->n_protos; i++) {
+        if (!t[i].votes)
+            continue;
+        uint32_t bucket = java_bucket(leader->protos[i].name, buckets);
+        if (best < 0 || t[i].votes > t[best].votes ||
+            (t[i].votes == t[best].votes &&
+             (bucket < best_bucket ||
+              (bucket == best_bucket && t[i].first_vote < t[best].first_vote)))) {
+            best = i;
+            best_bucket = bucket;
+        }
+    }
+    free(t);
+    return leader->protos[best >= 0 ? best : 0].name;
 }
 
 /* Could the request's member join beside the other members (all but self)? */
@@ -424,6 +514,7 @@ static void join_complete(struct group *grp)
     struct kf_groups *g = grp->g;
     wr_loop_timer_del(g->lp, grp->rebalance_timer);
     grp->rebalance_timer = 0;
+    grp->held = false;
     for (size_t i = 0; i < grp->n_members;) {
         struct member *m = grp->members[i];
         if (!m->awaiting_join && !m->instance_id) {
@@ -451,7 +542,8 @@ static void join_complete(struct group *grp)
         grp->protocol_type = NULL;
         return;
     }
-    grp->protocol = strdup(select_protocol(grp));
+    const char *selected = select_protocol(grp);
+    grp->protocol = selected ? strdup(selected) : NULL;
     grp->state = COMPLETING;
     struct member *leader = grp->members[0];
     for (size_t i = 0; i < grp->n_members; i++) {
@@ -473,7 +565,7 @@ static void join_complete(struct group *grp)
 
 static void try_complete_join(struct group *grp)
 {
-    if (grp->state != PREPARING || grp->n_pending > 0)
+    if (grp->state != PREPARING || grp->held || grp->n_pending > 0)
         return;
     for (size_t i = 0; i < grp->n_members; i++)
         if (!grp->members[i]->awaiting_join)
@@ -492,10 +584,32 @@ static void rebalance_expired(struct wr_loop *lp, void *data)
     group_maybe_drop(grp);
 }
 
-/* Starts a rebalance: every member must rejoin within the longest rebalance timeout. */
+/* The end of a window of the initial rebalance delay: another window if a new member came
+ * in this one and the rebalance timeout leaves time, as Kafka's InitialDelayedJoin does. */
+static void initial_delay_expired(struct wr_loop *lp, void *data)
+{
+    struct group *grp = data;
+    grp->rebalance_timer = 0;
+    if (grp->member_added && grp->hold_left_ms > 0) {
+        int32_t window = grp->g->initial_delay_ms < grp->hold_left_ms ? grp->g->initial_delay_ms
+                                                                      : grp->hold_left_ms;
+        grp->member_added = false;
+        grp->hold_left_ms -= window;
+        grp->rebalance_timer = wr_loop_timer_add(lp, (uint64_t)window, initial_delay_expired,
+                                                 grp);
+        return;
+    }
+    join_complete(grp);
+    group_maybe_drop(grp);
+}
+
+/* Starts a rebalance: every member must rejoin within the longest rebalance timeout. One that
+ * starts Empty first holds the join phase open for the initial rebalance delay, so consumers
+ * started together land in one generation instead of one each. */
 static void prepare_rebalance(struct group *grp)
 {
     struct kf_groups *g = grp->g;
+    bool initial = grp->state == EMPTY && g->initial_delay_ms > 0;
     if (grp->state == COMPLETING) {
         /* The leader's assignment for this generation will never come: the waiting
          * followers rejoin instead. */
@@ -513,6 +627,14 @@ static void prepare_rebalance(struct group *grp)
         if (grp->members[i]->rebalance_ms > ms)
             ms = grp->members[i]->rebalance_ms;
     wr_loop_timer_del(g->lp, grp->rebalance_timer);
+    if (initial) {
+        grp->held = true;
+        grp->member_added = false;
+        grp->hold_left_ms = ms > g->initial_delay_ms ? ms - g->initial_delay_ms : 0;
+        grp->rebalance_timer = wr_loop_timer_add(g->lp, (uint64_t)g->initial_delay_ms,
+                                                 initial_delay_expired, grp);
+        return;
+    }
     grp->rebalance_timer = wr_loop_timer_add(g->lp, (uint64_t)ms, rebalance_expired, grp);
     try_complete_join(grp);
 }
@@ -669,7 +791,8 @@ void kf_group_find_coordinator(struct kf_groups *g, struct kf_conn *c, struct kf
         rsp.port = kf_conn_node_port(c);
     } else {
         /* There is no transaction coordinator (key type 1) in warren. */
-        rsp.error_code = req->key_type == 1 ? KF_ERR_COORDINATOR_NOT_AVAILABLE : KF_ERR_INVALID_REQUEST;
+        rsp.error_code = req->key_type == 1 ? KF_ERR_COORDINATOR_NOT_AVAILABLE
+                                             : KF_ERR_INVALID_REQUEST;
         rsp.error_message = kf_str_c(req->key_type == 1 ? "warren has no transactions"
                                                          : "unknown coordinator key type");
         rsp.node_id = -1;
@@ -729,10 +852,13 @@ static void join_new_member(struct group *grp, struct kf_conn *c, struct kf_repl
         return;
     }
     member_wait_join(m, r, v);
-    if (grp->state == PREPARING)
+    if (grp->state == PREPARING) {
+        if (grp->held)
+            grp->member_added = true;
         try_complete_join(grp);
-    else
+    } else {
         prepare_rebalance(grp);
+    }
 }
 
 /* A static member joins again without its member id (a restarted instance): it takes its
@@ -759,7 +885,8 @@ static void join_static_again(struct group *grp, struct member *m, struct kf_rep
         return;
     }
     member_touch(m);
-    if (grp->state == STABLE && grp->protocol && strcmp(select_protocol(grp), grp->protocol) == 0) {
+    const char *selected = grp->state == STABLE ? select_protocol(grp) : NULL;
+    if (selected && grp->protocol && strcmp(selected, grp->protocol) == 0) {
         /* Nothing the group agreed on changes: no rebalance. The old leader's id goes back,
          * so that a returning leader does not compute an assignment a Stable group would
          * never hand out; its SyncGroup gets its old assignment. */
@@ -1412,6 +1539,7 @@ int kf_groups_new(struct wr_broker *b, struct wr_loop *lp, const char *data_dir,
     g->lp = lp;
     g->min_session_ms = 6000;
     g->max_session_ms = 1800000;
+    g->initial_delay_ms = 3000;
     int rc = kf_offsets_open(lp, data_dir, &g->offsets, err);
     for (size_t i = 0; rc == WR_OK && i < kf_offsets_n_groups(g->offsets); i++)
         if (!group_new(g, kf_offsets_group_at(g->offsets, i)->id))
@@ -1428,6 +1556,11 @@ void kf_groups_set_session_limits(struct kf_groups *g, int32_t min_ms, int32_t m
 {
     g->min_session_ms = min_ms;
     g->max_session_ms = max_ms;
+}
+
+void kf_groups_set_initial_rebalance_delay(struct kf_groups *g, int32_t ms)
+{
+    g->initial_delay_ms = ms;
 }
 
 void kf_groups_free(struct kf_groups *g)

@@ -41,6 +41,12 @@ void kf_groups_free(struct kf_groups *g);
  * INVALID_SESSION_TIMEOUT. */
 void kf_groups_set_session_limits(struct kf_groups *g, int32_t min_ms, int32_t max_ms);
 
+/* How long the first rebalance of an Empty group keeps its join phase open for more members,
+ * in ms (Kafka's group.initial.rebalance.delay.ms; 3000 unless set; 0: not at all). Each
+ * window that saw a new member is followed by another, while the first member's rebalance
+ * timeout lasts. */
+void kf_groups_set_initial_rebalance_delay(struct kf_groups *g, int32_t ms);
+
 void kf_group_find_coordinator(struct kf_groups *g, struct kf_conn *c, struct kf_reply *r,
                                int16_t version, const struct kf_find_coordinator_request *req);
 void kf_group_join_group(struct kf_groups *g, struct kf_conn *c, struct kf_reply *r,

@@ -15,11 +15,15 @@
  *
  * Idempotent producers: InitProducerId hands out ids from a counter seeded with the wall
  * clock (milliseconds x 1024), so ids stay unique across restarts without a file. The last
- * five batches per (producer, topic, partition) are remembered in memory, as Kafka does, to
- * answer a retried batch with its first offset; they are lost at restart.
+ * five batches per (producer, partition) are remembered, as Kafka does, to answer a retried
+ * batch with its first offset. Kafka rebuilds that state from the log at start; so does
+ * this file, lazily: the first idempotent batch for a partition after start reads the
+ * headers of the partition's last batches (scan_producers), so a retry of a batch stored
+ * before a restart is not stored twice.
  */
 #include "handlers.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +38,18 @@
 #define TOPIC_NAME_MAX 249
 #define SEQ_CACHE 5 /* batches remembered per producer and partition, as Kafka */
 #define BATCH_HEADER 61
+#define BATCH_ATTR_CONTROL 0x20 /* a transaction marker, not records */
+
+/* How far back scan_producers reads a partition: the batches holding its last 256Ki
+ * records. Its job is the batches producers may still retry, which are their last five
+ * (max.in.flight) and so among the newest of the log when the broker stopped; the rest of
+ * the window gives producers that were idle a while their last sequence back, so a gap is
+ * still seen. Producers older than the window are new to the broker, which takes any
+ * sequence from them, as Kafka does once their state expired. Only the 61-byte batch
+ * headers are read, in SCAN_CHUNK reads, so this is at most 256Ki headers once per
+ * partition per start, on the loop thread. */
+#define SCAN_RECORDS (1u << 18)
+#define SCAN_CHUNK (64u << 10)
 
 struct seq_batch {
     int32_t first, last;
@@ -45,10 +61,17 @@ struct producer_state {
     struct producer_state *next;
     int64_t producer_id;
     int16_t epoch;
-    uint32_t partition;
-    char topic[TOPIC_NAME_MAX + 1];
     struct seq_batch batches[SEQ_CACHE]; /* ring; n of them valid, newest at (at - 1) */
     int n, at;
+};
+
+/* The idempotent producers of one partition, made (and filled from the log) the first
+ * time an idempotent batch arrives for it. */
+struct partition_producers {
+    struct partition_producers *next;
+    struct wr_queue *q;      /* referenced: a topic deleted and made again is another queue */
+    uint32_t partition;
+    struct producer_state *producers;
 };
 
 struct fetch_wait;
@@ -56,8 +79,9 @@ struct fetch_wait;
 struct kf_handlers {
     struct kf_listener *l;
     int64_t next_producer_id;
-    struct producer_state *producers; /* a list: few idempotent producers per broker */
-    struct fetch_wait *fetches;       /* waiting long polls, doubly linked */
+    struct partition_producers *partitions; /* a list: few partitions take idempotent
+                                             * producers on a broker */
+    struct fetch_wait *fetches;             /* waiting long polls, doubly linked */
 };
 
 /* ---- helpers ----------------------------------------------------------------------------- */
@@ -434,6 +458,112 @@ static int delete_topics(struct kf_conn *c, struct kf_reply *r, int16_t v,
     return WR_OK;
 }
 
+/* Appends to an error message; what does not fit is cut. */
+static void why_add(char *why, size_t size, const char *fmt, ...) WR_PRINTF(3, 4);
+static void why_add(char *why, size_t size, const char *fmt, ...)
+{
+    size_t used = strlen(why);
+    if (used + 1 >= size)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why + used, size - used, fmt, ap);
+    va_end(ap);
+}
+
+/* Checks the replica assignments a CreatePartitions request gives for the new partitions
+ * with Kafka's checks, order and messages. Node 0 is the only broker, so every partition
+ * has one replica and the only valid assignment is [0]. Returns a Kafka error code. */
+static int16_t
+check_assignments(const struct kf_create_partitions_request_create_partitions_topic *t,
+                  uint32_t have, char *why, size_t why_size)
+{
+    const struct kf_create_partitions_request_create_partitions_assignment *as = t->assignments;
+    int32_t n = t->n_assignments;
+    if (n < 0) /* null: the broker places them */
+        return KF_ERR_NONE;
+    int32_t unknown[16]; /* each named once, as Kafka's set; a longer list is cut */
+    int n_unknown = 0;
+    for (int32_t i = 0; i < n; i++)
+        for (int32_t k = 0; k < as[i].n_broker_ids; k++) {
+            int32_t id = as[i].broker_ids[k];
+            bool seen = id == 0;
+            for (int j = 0; j < n_unknown && !seen; j++)
+                seen = unknown[j] == id;
+            if (!seen && n_unknown < (int)(sizeof unknown / sizeof *unknown))
+                unknown[n_unknown++] = id;
+        }
+    if (n_unknown) {
+        snprintf(why, why_size, "Unknown broker(s) in replica assignment: ");
+        for (int j = 0; j < n_unknown; j++)
+            why_add(why, why_size, "%s%d", j ? ", " : "", unknown[j]);
+        why_add(why, why_size, ".");
+        return KF_ERR_INVALID_REPLICA_ASSIGNMENT;
+    }
+    int64_t increase = (int64_t)t->count - have;
+    if (n != increase) {
+        snprintf(why, why_size, "Increasing the number of partitions by %lld but %d "
+                 "assignments provided.", (long long)increase, n);
+        return KF_ERR_INVALID_REPLICA_ASSIGNMENT;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        if (as[i].n_broker_ids < 2)
+            continue; /* only node 0 is left: two or more name it twice */
+        snprintf(why, why_size, "Duplicate brokers not allowed in replica assignment: ");
+        for (int32_t k = 0; k < as[i].n_broker_ids && strlen(why) + 1 < why_size; k++)
+            why_add(why, why_size, "%s0", k ? ", " : "");
+        why_add(why, why_size, " for partition id %u.", have + (uint32_t)i);
+        return KF_ERR_INVALID_REPLICA_ASSIGNMENT;
+    }
+    /* Left: empty lists, a replication factor of 0 against partition 0's 1. */
+    char ids[WR_ERROR_MSG_MAX] = "", factors[WR_ERROR_MSG_MAX] = "";
+    for (int32_t i = 0; i < n; i++)
+        if (as[i].n_broker_ids == 0) {
+            why_add(ids, sizeof ids, "%s%u", ids[0] ? ", " : "", have + (uint32_t)i);
+            why_add(factors, sizeof factors, "%s0", factors[0] ? ", " : "");
+        }
+    if (!ids[0])
+        return KF_ERR_NONE;
+    snprintf(why, why_size, "Inconsistent replication factor between partitions, partition 0 "
+             "has 1 while partitions [%.160s] have replication factors [%.160s], respectively.",
+             ids, factors);
+    return KF_ERR_INVALID_REPLICA_ASSIGNMENT;
+}
+
+/* Grows a topic (or checks that it could); returns a Kafka error code and fills why. */
+static int16_t grow_topic(struct kf_conn *c, struct wr_queue *q,
+                          const struct kf_create_partitions_request_create_partitions_topic *t,
+                          bool validate_only, char *why, size_t why_size)
+{
+    uint32_t have = wr_queue_partitions(q);
+    if (t->count < (int64_t)have) {
+        snprintf(why, why_size, "Topic currently has %u partitions, which is higher than the "
+                 "requested %d.", have, t->count);
+        return KF_ERR_INVALID_PARTITIONS;
+    }
+    if (t->count == (int64_t)have) {
+        snprintf(why, why_size, "Topic already has %u partitions.", have);
+        return KF_ERR_INVALID_PARTITIONS;
+    }
+    int16_t error = check_assignments(t, have, why, why_size);
+    if (!error && t->count > 100000) {
+        snprintf(why, why_size, "Number of partitions must be between 1 and 100000.");
+        error = KF_ERR_INVALID_PARTITIONS;
+    }
+    if (error || validate_only)
+        return error;
+    struct wr_error err = {0};
+    if (wr_queue_add_partitions(q, (uint32_t)t->count, &err) != WR_OK) {
+        snprintf(why, why_size, "%s", err.msg);
+        kf_conn_log(c, WR_LOG_WARN, "cannot add partitions to topic '%s': %s",
+                    wr_queue_name(q), err.msg);
+        return err.code == WR_EINVAL ? KF_ERR_INVALID_PARTITIONS : KF_ERR_UNKNOWN_SERVER_ERROR;
+    }
+    kf_conn_log(c, WR_LOG_INFO, "topic '%s' grew from %u to %d partitions", wr_queue_name(q),
+                have, t->count);
+    return KF_ERR_NONE;
+}
+
 static int create_partitions(struct kf_conn *c, struct kf_reply *r, int16_t v,
                              const struct kf_create_partitions_request *req, struct kf_arena *a)
 {
@@ -445,26 +575,21 @@ static int create_partitions(struct kf_conn *c, struct kf_reply *r, int16_t v,
         return WR_ENOMEM;
     m.n_results = n;
     for (int32_t i = 0; i < n; i++) {
+        const struct kf_create_partitions_request_create_partitions_topic *t = &req->topics[i];
         struct kf_create_partitions_response_create_partitions_topic_result *res = &m.results[i];
         kf_create_partitions_response_create_partitions_topic_result_init(res);
-        res->name = arena_str(a, req->topics[i].name);
-        char name[TOPIC_NAME_MAX + 1], why[160];
-        struct wr_queue *q = topic_name(req->topics[i].name, name) ? find_topic(c, name) : NULL;
+        res->name = arena_str(a, t->name);
+        char name[TOPIC_NAME_MAX + 1], why[WR_ERROR_MSG_MAX] = "";
+        struct wr_queue *q = topic_name(t->name, name) ? find_topic(c, name) : NULL;
         if (!q) {
             res->error_code = KF_ERR_UNKNOWN_TOPIC_OR_PARTITION;
-            continue;
-        }
-        uint32_t have = wr_queue_partitions(q);
-        if (req->topics[i].count <= (int32_t)have) {
-            res->error_code = KF_ERR_INVALID_PARTITIONS;
-            snprintf(why, sizeof why, "Topic currently has %u partitions, which is higher than "
-                     "or equal to the requested %d.", have, req->topics[i].count);
+            snprintf(why, sizeof why, "The topic '%.*s' does not exist.",
+                     t->name.ptr ? (int)t->name.len : 0, t->name.ptr ? t->name.ptr : "");
         } else {
-            res->error_code = KF_ERR_INVALID_REQUEST;
-            snprintf(why, sizeof why, "warren's log storage cannot add partitions to an "
-                     "existing topic yet.");
+            res->error_code = grow_topic(c, q, t, req->validate_only, why, sizeof why);
         }
-        res->error_message = arena_str(a, kf_str_c(why));
+        if (res->error_code)
+            res->error_message = arena_str(a, kf_str_c(why));
     }
     struct wr_bytes out = {0};
     kf_create_partitions_response_encode(&out, v, &m);
@@ -571,56 +696,167 @@ static int init_producer_id(struct kf_conn *c, struct kf_reply *r, int16_t v,
     return WR_OK;
 }
 
-static struct producer_state *producer_find(struct kf_handlers *h, int64_t pid,
-                                            const char *topic, uint32_t partition)
+/* The producer fields of a RecordBatch v2 header (p holds its first BATCH_HEADER bytes). */
+struct batch_seq {
+    int64_t producer_id;
+    int16_t epoch;
+    int32_t first, last;   /* the sequences of its first and last record */
+    bool idempotent;
+    bool control;
+};
+
+static void batch_seq_read(const uint8_t *p, struct batch_seq *b)
 {
-    for (struct producer_state *p = h->producers; p; p = p->next)
-        if (p->producer_id == pid && p->partition == partition && !strcmp(p->topic, topic))
+    b->producer_id = (int64_t)be64(p + 43);
+    b->epoch = (int16_t)(p[51] << 8 | p[52]);
+    b->first = (int32_t)be32(p + 53);
+    int64_t last = (int64_t)b->first + be32(p + 23); /* lastOffsetDelta */
+    if (last > INT32_MAX) /* sequences wrap after INT32_MAX */
+        last -= (int64_t)INT32_MAX + 1;
+    b->last = (int32_t)last;
+    b->idempotent = b->producer_id >= 0 && b->first >= 0;
+    b->control = (p[22] & BATCH_ATTR_CONTROL) != 0;
+}
+
+static struct producer_state *producer_find(struct partition_producers *pp, int64_t pid)
+{
+    for (struct producer_state *p = pp->producers; p; p = p->next)
+        if (p->producer_id == pid)
             return p;
     return NULL;
 }
 
 /* Checks a batch's sequence. Returns KF_ERR_NONE to append it, an error, or -2 (a duplicate:
  * *dup_offset is where it went the first time). */
-static int check_sequence(struct producer_state *p, int16_t epoch, int32_t first, int32_t last,
+static int check_sequence(struct producer_state *p, const struct batch_seq *b,
                           int64_t *dup_offset)
 {
-    if (!p || epoch > p->epoch)
+    if (!p || b->epoch > p->epoch)
         return KF_ERR_NONE;
-    if (epoch < p->epoch)
+    if (b->epoch < p->epoch)
         return KF_ERR_INVALID_PRODUCER_EPOCH;
     for (int i = 0; i < p->n; i++) {
-        const struct seq_batch *b = &p->batches[i];
-        if (b->first == first && b->last == last) {
-            *dup_offset = b->base_offset;
+        const struct seq_batch *s = &p->batches[i];
+        if (s->first == b->first && s->last == b->last) {
+            *dup_offset = s->base_offset;
             return -2;
         }
     }
     int32_t newest = p->batches[(p->at + SEQ_CACHE - 1) % SEQ_CACHE].last;
     int32_t next = newest == INT32_MAX ? 0 : newest + 1;
-    return first == next ? KF_ERR_NONE : KF_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER;
+    return b->first == next ? KF_ERR_NONE : KF_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER;
 }
 
-static void remember_sequence(struct kf_handlers *h, struct producer_state *p, int64_t pid,
-                              int16_t epoch, const char *topic, uint32_t partition,
-                              int32_t first, int32_t last, int64_t base_offset)
+static void remember_sequence(struct partition_producers *pp, struct producer_state *p,
+                              const struct batch_seq *b, int64_t base_offset)
 {
     if (!p) {
         if (!(p = calloc(1, sizeof *p)))
             return; /* out of memory: a retry of this batch would be appended twice */
-        p->producer_id = pid;
-        p->partition = partition;
-        snprintf(p->topic, sizeof p->topic, "%s", topic);
-        p->next = h->producers;
-        h->producers = p;
+        p->producer_id = b->producer_id;
+        p->epoch = b->epoch;
+        p->next = pp->producers;
+        pp->producers = p;
     }
-    if (epoch != p->epoch)
+    if (b->epoch != p->epoch)
         p->n = p->at = 0;
-    p->epoch = epoch;
-    p->batches[p->at] = (struct seq_batch){first, last, base_offset};
+    p->epoch = b->epoch;
+    p->batches[p->at] = (struct seq_batch){b->first, b->last, base_offset};
     p->at = (p->at + 1) % SEQ_CACHE;
     if (p->n < SEQ_CACHE)
         p->n++;
+}
+
+static void partition_producers_free(struct partition_producers *pp)
+{
+    while (pp->producers) {
+        struct producer_state *p = pp->producers;
+        pp->producers = p->next;
+        free(p);
+    }
+    wr_queue_unref(pp->q);
+    free(pp);
+}
+
+/* Remembers the idempotent batches among those holding the last SCAN_RECORDS records of
+ * the partition, oldest first, as if they had just been appended. Reads their headers only:
+ * wr_queue_read names whole batches as a file range, and each header says how long its
+ * batch is. Returns WR_OK or the error that cut the scan short. */
+static int scan_producers(struct partition_producers *pp, struct wr_error *err)
+{
+    uint64_t earliest = 0, latest = 0;
+    int rc = wr_queue_offsets(pp->q, pp->partition, &earliest, &latest);
+    uint64_t next = latest - earliest > SCAN_RECORDS ? latest - SCAN_RECORDS : earliest;
+    uint8_t *buf = rc == WR_OK && next < latest ? malloc(SCAN_CHUNK) : NULL;
+    if (rc == WR_OK && next < latest && !buf)
+        rc = wr_error_set(err, WR_ENOMEM, "out of memory");
+    while (rc == WR_OK && next < latest) {
+        struct wr_log_slice s = {.fd = -1};
+        rc = wr_queue_read(pp->q, pp->partition, next, SCAN_CHUNK, &s, err);
+        uint64_t pos = 0, at = 0, have = 0, before = next; /* buf holds [at, at + have) */
+        while (rc == WR_OK && pos + BATCH_HEADER <= s.length) {
+            if (pos < at || pos + BATCH_HEADER > at + have) {
+                uint64_t want = s.length - pos < SCAN_CHUNK ? s.length - pos : SCAN_CHUNK;
+                ssize_t got = pread(s.fd, buf, want, (off_t)(s.file_offset + pos));
+                if (got < BATCH_HEADER) {
+                    rc = wr_error_sys(err, WR_EIO, "cannot read a batch header");
+                    break;
+                }
+                at = pos;
+                have = (uint64_t)got;
+            }
+            const uint8_t *p = buf + (pos - at);
+            uint64_t len = 12 + (uint64_t)be32(p + 8);
+            if (len < BATCH_HEADER) {
+                rc = wr_error_set(err, WR_EPROTO, "a stored batch is shorter than its header");
+                break;
+            }
+            struct batch_seq b;
+            batch_seq_read(p, &b);
+            if (b.idempotent && !b.control)
+                remember_sequence(pp, producer_find(pp, b.producer_id), &b, (int64_t)be64(p));
+            next = be64(p) + be32(p + 23) + 1;
+            pos += len;
+        }
+        if (s.fd >= 0)
+            close(s.fd);
+        if (rc == WR_OK && next <= before)
+            break; /* the storage gave nothing from next on: nothing more to learn */
+    }
+    free(buf);
+    return rc;
+}
+
+/* The idempotent producers of q's partition, filled from its log when first asked for;
+ * NULL out of memory. Those of deleted topics are dropped on the way. */
+static struct partition_producers *producers_of(struct kf_conn *c, struct wr_queue *q,
+                                                const char *topic, uint32_t partition)
+{
+    struct kf_handlers *h = kf_conn_listener(c)->handlers;
+    for (struct partition_producers **at = &h->partitions; *at;) {
+        struct partition_producers *pp = *at;
+        if (wr_queue_is_deleted(pp->q)) {
+            *at = pp->next;
+            partition_producers_free(pp);
+        } else if (pp->q == q && pp->partition == partition) {
+            return pp;
+        } else {
+            at = &pp->next;
+        }
+    }
+    struct partition_producers *pp = calloc(1, sizeof *pp);
+    if (!pp)
+        return NULL;
+    pp->q = wr_queue_ref(q);
+    pp->partition = partition;
+    struct wr_error err = {0};
+    if (scan_producers(pp, &err) != WR_OK)
+        kf_conn_log(c, WR_LOG_WARN, "%s-%u: the idempotent producers' state is rebuilt from "
+                    "part of the log only (%s): a retry of a batch stored before the broker "
+                    "started may be stored twice", topic, partition, err.msg);
+    pp->next = h->partitions;
+    h->partitions = pp;
+    return pp;
 }
 
 /* ---- Produce ----------------------------------------------------------------------------- */
@@ -668,7 +904,6 @@ static int16_t produce_partition(struct kf_conn *c, struct wr_queue *q, const ch
                                  uint32_t partition, struct kf_str records, int64_t *base,
                                  bool *appended)
 {
-    struct kf_handlers *h = kf_conn_listener(c)->handlers;
     uint8_t *p = (uint8_t *)records.ptr; /* the connection's input buffer: ours to change */
     size_t left = records.ptr ? (size_t)records.len : 0;
     if (!left)
@@ -682,17 +917,15 @@ static int16_t produce_partition(struct kf_conn *c, struct wr_queue *q, const ch
         size_t len = 12 + (size_t)be32(p + 8);
         if (len < BATCH_HEADER || len > left)
             return KF_ERR_CORRUPT_MESSAGE;
-        int64_t pid = (int64_t)be64(p + 43);
-        int16_t epoch = (int16_t)(p[51] << 8 | p[52]);
-        int32_t first = (int32_t)be32(p + 53);
-        int32_t last = first + (int32_t)be32(p + 23);
-        if (last < first) /* sequences wrap after INT32_MAX */
-            last = (int32_t)((int64_t)first + be32(p + 23) - INT32_MAX - 1);
-        bool idempotent = pid >= 0 && first >= 0;
-        struct producer_state *ps = idempotent ? producer_find(h, pid, topic, partition) : NULL;
+        struct batch_seq seq;
+        batch_seq_read(p, &seq);
+        /* NULL out of memory: the batch goes in unchecked, as a plain producer's */
+        struct partition_producers *pp =
+            seq.idempotent ? producers_of(c, q, topic, partition) : NULL;
+        struct producer_state *ps = pp ? producer_find(pp, seq.producer_id) : NULL;
         int64_t offset = -1;
-        if (idempotent) {
-            int rc = check_sequence(ps, epoch, first, last, &offset);
+        if (pp) {
+            int rc = check_sequence(ps, &seq, &offset);
             if (rc > 0)
                 return (int16_t)rc;
         }
@@ -708,8 +941,8 @@ static int16_t produce_partition(struct kf_conn *c, struct wr_queue *q, const ch
             }
             offset = (int64_t)assigned;
             *appended = true;
-            if (idempotent)
-                remember_sequence(h, ps, pid, epoch, topic, partition, first, last, offset);
+            if (pp)
+                remember_sequence(pp, ps, &seq, offset);
         }
         if (*base < 0)
             *base = offset;
@@ -1355,10 +1588,10 @@ void kf_handlers_free(struct kf_handlers *h)
 {
     if (!h)
         return;
-    while (h->producers) {
-        struct producer_state *p = h->producers;
-        h->producers = p->next;
-        free(p);
+    while (h->partitions) {
+        struct partition_producers *pp = h->partitions;
+        h->partitions = pp->next;
+        partition_producers_free(pp);
     }
     free(h);
 }

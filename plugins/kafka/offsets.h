@@ -6,7 +6,8 @@
  * (the latest offset per group, topic and partition), and again while running once it is
  * mostly history. Appends reach the page cache at once and are made durable by a group commit
  * on a worker thread (warren/fsync.h): a caller answers its client from the kf_offsets_wait
- * callback. The format and the recovery rules are described at the top of offsets.c.
+ * callback. The format is described at the top of offsets.c; it is a record file, whose
+ * framing and recovery rules are warren/recfile.h's.
  *
  * Thread: the loop's, like everything in the transport.
  */

@@ -14,6 +14,10 @@
  * anything: a bad batch in a sealed segment stops start-up (WR_EPROTO naming the file and
  * position), a torn or bad tail of the last segment is cut off with a warning, and indexes
  * that do not match their log are rebuilt.
+ *
+ * Partitions can be added to an open log (Kafka's CreatePartitions), never removed. Open takes
+ * the larger of the declared count and the partition directories on disk, so a log that grew
+ * keeps every partition across a restart even where its queue is still declared smaller.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -39,6 +43,7 @@
 #define LG_DEFAULT_INDEX_INTERVAL 4096
 #define LG_INDEX_MAX (10u << 20)          /* Kafka's segment.index.bytes */
 #define LG_READ_MSGS_BYTES (1u << 20)     /* what read_msgs reads at a time */
+#define LG_PARTITIONS_MAX 100000u
 
 struct lg_part {
     char *dir;
@@ -69,7 +74,7 @@ struct lg_log {
     struct wr_bytes enc;                  /* scratch for append_msgs */
     uint64_t timer;
     uint32_t nparts;
-    struct lg_part parts[];
+    struct lg_part *parts;                /* grows (add_partitions), never shrinks */
 };
 
 static int64_t lg_now(void)
@@ -678,39 +683,102 @@ static int lg_options(struct lg_log *l, const struct wr_storage_args *args,
     return WR_OK;
 }
 
+/* Opens partition p's directory, making it if it is missing; its segments come next from
+ * lg_check_part and lg_repair_part. */
+static int lg_part_init(struct lg_log *l, uint32_t p, struct wr_error *err)
+{
+    struct lg_part *part = &l->parts[p];
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%u", l->dir, p) >= (int)sizeof path)
+        return wr_error_set(err, WR_EINVAL, "log storage: path too long: %s", l->dir);
+    if (!(part->dir = strdup(path)))
+        return wr_error_set(err, WR_ENOMEM, "log storage: out of memory");
+    int rc = lg_mkdir(path, err);
+    if (rc == WR_OK && (part->dir_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+        rc = wr_error_sys(err, WR_EIO, "log storage: cannot open %s", path);
+    return rc;
+}
+
+static void lg_part_fini(struct lg_part *part)
+{
+    for (size_t i = 0; i < part->nsegs; i++)
+        ls_close(&part->segs[i]);
+    free(part->segs);
+    free(part->dir);
+    if (part->dir_fd >= 0)
+        close(part->dir_fd);
+    *part = (struct lg_part){.dir_fd = -1};
+}
+
+/* Makes room for count partitions; the new entries have no directory yet. */
+static int lg_parts_reserve(struct lg_log *l, uint32_t count, struct wr_error *err)
+{
+    struct lg_part *grown = realloc(l->parts, count * sizeof *grown);
+    if (!grown)
+        return wr_error_set(err, WR_ENOMEM, "log storage: out of memory");
+    for (uint32_t p = l->nparts; p < count; p++)
+        grown[p] = (struct lg_part){.dir_fd = -1};
+    l->parts = grown;
+    return WR_OK;
+}
+
+/* One past the highest partition directory in l->dir (named "0", "1", ... as lg_part_init
+ * names them), or 0: a log that grew keeps its partitions whatever its queue declares. */
+static int lg_parts_on_disk(const struct lg_log *l, uint32_t *count, struct wr_error *err)
+{
+    *count = 0;
+    DIR *d = opendir(l->dir);
+    if (!d)
+        return wr_error_sys(err, WR_EIO, "log storage: cannot list %s", l->dir);
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        const char *name = de->d_name;
+        size_t len = strlen(name);
+        if (len == 0 || len > 5 || strspn(name, "0123456789") != len ||
+            (name[0] == '0' && len > 1))
+            continue;
+        uint32_t p = (uint32_t)strtoul(name, NULL, 10);
+        struct stat st;
+        if (p < LG_PARTITIONS_MAX && p >= *count && fstatat(dirfd(d), name, &st, 0) == 0 &&
+            S_ISDIR(st.st_mode))
+            *count = p + 1;
+    }
+    closedir(d);
+    return WR_OK;
+}
+
 static void lg_close(void *state);
 
 static int lg_open(struct wr_plugin_ctx *ctx, const struct wr_storage_args *args, void **state,
                    struct wr_error *err)
 {
-    uint32_t nparts = args->partitions ? args->partitions : 1;
-    if (nparts > 100000)
-        return wr_error_set(err, WR_EINVAL, "log storage: %u partitions is too many", nparts);
+    uint32_t declared = args->partitions ? args->partitions : 1, found = 0;
+    if (declared > LG_PARTITIONS_MAX)
+        return wr_error_set(err, WR_EINVAL, "log storage: %u partitions is too many (at most "
+                            "%u)", declared, LG_PARTITIONS_MAX);
     if (!args->dir)
         return wr_error_set(err, WR_EINVAL, "log storage: no directory given");
-    struct lg_log *l = calloc(1, sizeof *l + nparts * sizeof(struct lg_part));
+    struct lg_log *l = calloc(1, sizeof *l);
     if (!l)
         return wr_error_set(err, WR_ENOMEM, "log storage: out of memory");
     l->ctx = ctx;
     l->lp = wr_plugin_ctx_loop(ctx);
-    l->nparts = nparts;
-    for (uint32_t p = 0; p < nparts; p++)
-        l->parts[p].dir_fd = -1;
     l->dir = strdup(args->dir);
     int rc = l->dir ? lg_options(l, args, err)
                     : wr_error_set(err, WR_ENOMEM, "log storage: out of memory");
     if (rc == WR_OK)
         rc = lg_mkdirs(l->dir, err);
-    for (uint32_t p = 0; rc == WR_OK && p < nparts; p++) {
-        struct lg_part *part = &l->parts[p];
-        char path[PATH_MAX];
-        snprintf(path, sizeof path, "%s/%u", l->dir, p);
-        if (!(part->dir = strdup(path)))
-            rc = wr_error_set(err, WR_ENOMEM, "log storage: out of memory");
-        else if ((rc = lg_mkdir(path, err)) == WR_OK &&
-                 (part->dir_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
-            rc = wr_error_sys(err, WR_EIO, "log storage: cannot open %s", path);
-    }
+    if (rc == WR_OK)
+        rc = lg_parts_on_disk(l, &found, err);
+    uint32_t nparts = found > declared ? found : declared;
+    if (rc == WR_OK && found > declared)
+        wr_plog(ctx, WR_LOG_INFO, "%s: %u partitions on disk, more than the %u declared: all "
+                "are kept (the log grew); declare %u to silence this", l->dir, found, declared,
+                found);
+    if (rc == WR_OK && (rc = lg_parts_reserve(l, nparts, err)) == WR_OK)
+        l->nparts = nparts;
+    for (uint32_t p = 0; rc == WR_OK && p < nparts; p++)
+        rc = lg_part_init(l, p, err);
     if (rc == WR_OK)
         rc = wr_fsync_new(l->lp, l->flush, l->flush_interval_ms, &l->fsync, err);
     uint64_t *cuts = rc == WR_OK ? calloc(nparts, sizeof *cuts) : NULL;
@@ -737,6 +805,47 @@ static int lg_open(struct wr_plugin_ctx *ctx, const struct wr_storage_args *args
     return WR_OK;
 }
 
+/* New partitions are made one at a time, each whole (directory, first segment, registered
+ * for sync) before the next; a failure keeps the ones made and leaves the failed one's
+ * directory, which the next open takes as an empty partition. */
+static int lg_add_partitions(void *state, uint32_t count, uint32_t *partitions,
+                             struct wr_error *err)
+{
+    struct lg_log *l = state;
+    uint32_t had = l->nparts;
+    int rc = WR_OK;
+    if (count > LG_PARTITIONS_MAX)
+        rc = wr_error_set(err, WR_EINVAL, "log storage: %u partitions is too many (at most "
+                          "%u)", count, LG_PARTITIONS_MAX);
+    else if (count > had)
+        rc = lg_parts_reserve(l, count, err);
+    for (uint32_t p = had; rc == WR_OK && p < count; p++) {
+        struct lg_part *part = &l->parts[p];
+        uint64_t cut = 0;
+        bool torn = false;
+        rc = lg_part_init(l, p, err);
+        if (rc == WR_OK)
+            rc = lg_check_part(l, part, &cut, &torn, err);
+        if (rc == WR_OK)
+            rc = lg_repair_part(l, part, cut, torn, err);
+        if (rc != WR_OK)
+            lg_part_fini(part);
+        else
+            l->nparts = p + 1;
+    }
+    if (l->nparts > had) { /* the queue's directory has new entries */
+        int dir_fd = open(l->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dir_fd < 0 && rc == WR_OK)
+            rc = wr_error_sys(err, WR_EIO, "log storage: cannot open %s", l->dir);
+        if (dir_fd >= 0) {
+            wr_fsync_dir_changed(l->fsync, dir_fd);
+            close(dir_fd);
+        }
+    }
+    *partitions = l->nparts;
+    return rc;
+}
+
 static void lg_close(void *state)
 {
     struct lg_log *l = state;
@@ -745,15 +854,9 @@ static void lg_close(void *state)
     if (l->timer)
         wr_loop_timer_del(l->lp, l->timer);
     wr_fsync_free(l->fsync); /* syncs what is left and calls back every pending sync() */
-    for (uint32_t p = 0; p < l->nparts; p++) {
-        struct lg_part *part = &l->parts[p];
-        for (size_t i = 0; i < part->nsegs; i++)
-            ls_close(&part->segs[i]);
-        free(part->segs);
-        free(part->dir);
-        if (part->dir_fd >= 0)
-            close(part->dir_fd);
-    }
+    for (uint32_t p = 0; p < l->nparts; p++)
+        lg_part_fini(&l->parts[p]);
+    free(l->parts);
     free(l->reader.buf);
     wr_bytes_free(&l->enc);
     free(l->dir);
@@ -772,6 +875,7 @@ static const struct wr_storage_ops ops = {
     .read_msgs = lg_read_msgs,
     .offsets = lg_offsets,
     .offset_for_time = lg_offset_for_time,
+    .add_partitions = lg_add_partitions,
 };
 
 static const struct wr_option options[] = {

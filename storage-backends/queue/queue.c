@@ -11,9 +11,10 @@
  * every message of a non-durable queue are not journaled and live in memory only, as in
  * RabbitMQ.
  *
- * The ready and unacked bookkeeping is memory.c's: sequence numbers are delivery tags, one
- * ready ring per priority level with requeues at their original place, an id table for the
- * unacked set (container.h), limits counted on ready messages, drop-head or reject-publish.
+ * The ready and unacked bookkeeping is memory.c's: sequence numbers are delivery tags, the
+ * ready messages by priority level with requeues at their original place and the limits
+ * (drop-head or reject-publish) in ready.h, shared with memory.c, and an id table for the
+ * unacked set (container.h).
  *
  * Segments roll at segment_size. A segment goes when it is not the active one, all its
  * messages are acked, and no older segment still exists that holds a message one of its ack
@@ -41,6 +42,7 @@
 #include <warren/wr.h>
 
 #include "journal.h"
+#include "ready.h"
 
 #define QE_DEFAULT_SEGMENT_SIZE (64ull << 20)
 #define QE_SEGMENT_SUFFIX ".seg"
@@ -57,11 +59,6 @@ struct qe_entry {
     uint32_t rec_len;
     uint8_t level;
     bool redelivered;
-};
-
-struct qe_level {
-    struct wr_ring ready; /* struct qe_entry, in sequence order */
-    size_t out;           /* unacked messages of this level: room kept for their requeue */
 };
 
 struct qe_seg {
@@ -82,10 +79,7 @@ struct qe_queue {
     int dir_fd;              /* the queue's directory, for syncing its entries; or -1 */
     uint64_t segment_size;
 
-    size_t count;
-    uint64_t ready_bytes;
-    size_t top;
-
+    struct ready_set ready;    /* struct qe_entry */
     struct wr_idtable unacked; /* struct qe_entry, by seq */
 
     struct wr_msg *head_msg; /* the decoded head, or NULL */
@@ -101,50 +95,12 @@ struct qe_queue {
     struct wr_fsync *fsync;  /* group commit of the journal's writes */
 
     uint64_t next_seq;
-    int64_t max_length;
-    int64_t max_length_bytes;
-    enum wr_overflow overflow;
-    wr_storage_drop_cb *dropped;
-    void *owner;
-
-    uint8_t max_priority;
-    struct qe_level levels[];
 };
 
-/* ---- the ready rings (as memory.c) ------------------------------------------------------ */
-
-static uint8_t qe_level(const struct qe_queue *q, bool has_priority, uint8_t priority)
-{
-    if (q->max_priority == 0 || !has_priority)
-        return 0;
-    return priority < q->max_priority ? priority : q->max_priority;
-}
-
-static struct qe_level *qe_head_level(struct qe_queue *q)
-{
-    while (q->top > 0 && q->levels[q->top].ready.count == 0)
-        q->top--;
-    return &q->levels[q->top];
-}
-
-static struct qe_entry qe_pop_head(struct qe_queue *q, struct qe_level *l)
-{
-    struct qe_entry e = *(struct qe_entry *)wr_ring_at(&l->ready, 0);
-    wr_ring_pop_front(&l->ready);
-    q->count--;
-    q->ready_bytes -= e.body_len;
-    return e;
-}
-
-/* Inserts e among the ready messages of its ring by sequence number; room was reserved. */
+/* Puts e among the ready messages of its level, at its place by sequence number. */
 static void qe_insert(struct qe_queue *q, struct qe_entry e)
 {
-    struct qe_entry *at = wr_ring_insert_ordered(&q->levels[e.level].ready, e.seq);
-    *at = e;
-    q->count++;
-    q->ready_bytes += e.body_len;
-    if (e.level > q->top)
-        q->top = e.level;
+    *(struct qe_entry *)ready_insert(&q->ready, e.level, e.seq, e.body_len) = e;
 }
 
 /* ---- segments --------------------------------------------------------------------------- */
@@ -392,10 +348,12 @@ static struct wr_msg *qe_msg_of(struct qe_queue *q, const struct qe_entry *e)
  * message that cannot be read is journaled as gone and skipped. */
 static bool qe_pop_msg(struct qe_queue *q, struct qe_entry *out)
 {
-    while (q->count > 0) {
-        struct qe_level *l = qe_head_level(q);
-        struct wr_msg *msg = qe_msg_of(q, wr_ring_at(&l->ready, 0));
-        struct qe_entry e = qe_pop_head(q, l);
+    uint8_t level = 0;
+    const struct qe_entry *head;
+    while ((head = ready_head(&q->ready, &level))) {
+        struct wr_msg *msg = qe_msg_of(q, head);
+        struct qe_entry e = *head;
+        ready_pop(&q->ready, level, e.body_len);
         if (msg && !e.msg) { /* the cache's reference goes with it */
             q->head_msg = NULL;
             q->head_seq = 0;
@@ -411,21 +369,14 @@ static bool qe_pop_msg(struct qe_queue *q, struct qe_entry *out)
     return false;
 }
 
-static bool qe_over_limit(const struct qe_queue *q)
-{
-    return (q->max_length >= 0 && q->count > (uint64_t)q->max_length) ||
-           (q->max_length_bytes >= 0 && q->ready_bytes > (uint64_t)q->max_length_bytes);
-}
-
+/* Each message dropped is journaled as gone and out of the queue before the callback runs
+ * (ready_drop). */
 static void qe_drop_head(struct qe_queue *q)
 {
     struct qe_entry e;
-    while (q->count > 0 && qe_over_limit(q) && qe_pop_msg(q, &e)) {
+    while (ready_over_limit(&q->ready) && qe_pop_msg(q, &e)) {
         qe_forget(q, &e);
-        if (q->dropped)
-            q->dropped(q->owner, e.msg);
-        else
-            wr_msg_unref(e.msg);
+        ready_drop(&q->ready, e.msg);
     }
 }
 
@@ -511,7 +462,7 @@ static int qe_replay(struct qe_queue *q, struct qe_seg *s, const char *path, uin
             *e = (struct qe_entry){
                 .seq = info.seq, .off = off, .body_len = info.body_len, .seg = s->id,
                 .rec_len = QJ_RECORD_HEAD + len, .redelivered = false,
-                .level = qe_level(q, info.has_priority, info.priority),
+                .level = ready_level(&q->ready, info.has_priority, info.priority),
             };
             s->live++;
             if (info.seq > *max_seq)
@@ -568,8 +519,7 @@ static int qe_recover_ready(struct qe_queue *q)
         all[n++] = *e;
     qsort(all, n, sizeof *all, qe_cmp_seq);
     for (size_t i = 0; i < n; i++) {
-        struct wr_ring *r = &q->levels[all[i].level].ready;
-        if (wr_ring_reserve(r, r->count + 1) != WR_OK) {
+        if (ready_reserve(&q->ready, all[i].level, NULL) != WR_OK) {
             free(all);
             return WR_ENOMEM;
         }
@@ -760,33 +710,22 @@ static void qe_close(void *state);
 static int qe_open(struct wr_plugin_ctx *ctx, const struct wr_storage_args *args, void **state,
                    struct wr_error *err)
 {
-    if (args->max_length < -1 || args->max_length_bytes < -1)
-        return wr_error_set(err, WR_EINVAL,
-                            "queue storage: max_length and max_length_bytes must be -1 "
-                            "(no limit) or >= 0");
-    if (args->overflow != WR_OVERFLOW_DROP_HEAD && args->overflow != WR_OVERFLOW_REJECT_PUBLISH)
-        return wr_error_set(err, WR_EINVAL, "queue storage: unknown overflow mode %d",
-                            (int)args->overflow);
-    size_t n_levels = (size_t)args->max_priority + 1;
-    struct qe_queue *q = calloc(1, sizeof(*q) + n_levels * sizeof(struct qe_level));
+    struct qe_queue *q = calloc(1, sizeof(*q));
     if (!q)
         return wr_error_set(err, WR_ENOMEM, "queue storage: out of memory");
-    for (size_t p = 0; p < n_levels; p++)
-        wr_ring_init(&q->levels[p].ready, sizeof(struct qe_entry));
+    int rc = ready_init(&q->ready, args, sizeof(struct qe_entry), "queue storage", err);
+    if (rc != WR_OK) {
+        free(q);
+        return rc;
+    }
     wr_idtable_init(&q->unacked, sizeof(struct qe_entry));
     q->ctx = ctx;
     q->lp = wr_plugin_ctx_loop(ctx);
     q->journaled = args->durable;
-    q->max_length = args->max_length;
-    q->max_length_bytes = args->max_length_bytes;
-    q->overflow = args->overflow;
-    q->dropped = args->dropped;
-    q->owner = args->owner;
-    q->max_priority = args->max_priority;
     q->dir_fd = -1;
     q->dir = strdup(args->dir ? args->dir : "");
-    int rc = q->dir ? qe_options(q, args->options, err)
-                    : wr_error_set(err, WR_ENOMEM, "queue storage: out of memory");
+    rc = q->dir ? qe_options(q, args->options, err)
+                : wr_error_set(err, WR_ENOMEM, "queue storage: out of memory");
     if (rc == WR_OK && q->journaled)
         rc = qe_mkdirs(q->dir, err);
     if (rc == WR_OK && q->journaled) {
@@ -818,12 +757,12 @@ static void qe_close(void *state)
     qe_flush_delivered(q);
     free(q->delivered);
     wr_fsync_free(q->fsync); /* syncs what is left and calls back every pending sync() */
-    for (size_t p = 0; p <= q->max_priority; p++) {
-        struct wr_ring *r = &q->levels[p].ready;
+    for (size_t p = 0; p <= q->ready.max_priority; p++) {
+        const struct wr_ring *r = &q->ready.levels[p].ring;
         for (size_t i = 0; i < r->count; i++)
             wr_msg_unref(((struct qe_entry *)wr_ring_at(r, i))->msg);
-        wr_ring_fini(r);
     }
+    ready_fini(&q->ready);
     struct qe_entry *e;
     for (size_t i = 0; (e = wr_idtable_next(&q->unacked, &i));)
         wr_msg_unref(e->msg);
@@ -843,34 +782,20 @@ static int qe_enqueue(void *state, struct wr_msg *msg, struct wr_error *err)
 {
     struct qe_queue *q = state;
     size_t len = msg->body.len;
-    if (q->overflow == WR_OVERFLOW_REJECT_PUBLISH) {
-        if (q->max_length >= 0 && q->count + 1 > (uint64_t)q->max_length)
-            return wr_error_set(err, WR_ELIMIT,
-                                "queue is full: %zu ready messages, max_length %lld "
-                                "(overflow reject-publish)",
-                                q->count, (long long)q->max_length);
-        if (q->max_length_bytes >= 0 && q->ready_bytes + len > (uint64_t)q->max_length_bytes)
-            return wr_error_set(err, WR_ELIMIT,
-                                "queue is full: %llu ready bytes + %zu, max_length_bytes %lld "
-                                "(overflow reject-publish)",
-                                (unsigned long long)q->ready_bytes, len,
-                                (long long)q->max_length_bytes);
-    }
-    bool has_priority = (msg->props.flags & WR_PROP_PRIORITY) != 0;
     struct qe_entry e = {
         .seq = q->next_seq + 1,
         .body_len = len,
-        .level = qe_level(q, has_priority, msg->props.priority),
+        .level = ready_level_of(&q->ready, msg),
     };
-    struct qe_level *l = &q->levels[e.level];
-    size_t room = l->ready.count + l->out + 1;
-    if (wr_ring_reserve(&l->ready, room) != WR_OK)
-        return wr_error_set(err, WR_ENOMEM, "queue storage: out of memory for %zu messages",
-                            room);
+    int rc = ready_admit(&q->ready, len, err);
+    if (rc == WR_OK)
+        rc = ready_reserve(&q->ready, e.level, err);
+    if (rc != WR_OK)
+        return rc;
     bool persistent = (msg->props.flags & WR_PROP_DELIVERY_MODE) &&
                       msg->props.delivery_mode == 2;
     if (q->journaled && persistent) {
-        int rc = qj_encode_enqueue(&q->rec, e.seq, msg);
+        rc = qj_encode_enqueue(&q->rec, e.seq, msg);
         if (rc == WR_ELIMIT)
             return wr_error_set(err, rc, "queue storage: a %zu-byte message is too big for a "
                                 "journal record", len);
@@ -886,22 +811,21 @@ static int qe_enqueue(void *state, struct wr_msg *msg, struct wr_error *err)
     }
     q->next_seq = e.seq;
     qe_insert(q, e); /* the newest: an append */
-    if (q->overflow == WR_OVERFLOW_DROP_HEAD)
-        qe_drop_head(q);
+    qe_drop_head(q);
     return WR_OK;
 }
 
 static int qe_next(void *state, struct wr_stored *out)
 {
     struct qe_queue *q = state;
-    if (q->count == 0)
+    if (q->ready.count == 0)
         return WR_ENOTFOUND;
     if (wr_idtable_reserve(&q->unacked, 1) != WR_OK)
         return WR_ENOMEM;
     struct qe_entry e;
     if (!qe_pop_msg(q, &e))
         return WR_ENOTFOUND;
-    q->levels[e.level].out++;
+    q->ready.levels[e.level].out++;
     if (e.seg && !e.redelivered)
         qe_delivered(q, e.seq);
     *(struct qe_entry *)wr_idtable_put(&q->unacked, e.seq) = e; /* room was made above */
@@ -911,15 +835,24 @@ static int qe_next(void *state, struct wr_stored *out)
     return WR_OK;
 }
 
+/* Takes the unacked message tag out of the table into *out; false for an unknown tag. */
+static bool qe_unacked_take(struct qe_queue *q, uint64_t tag, struct qe_entry *out)
+{
+    struct qe_entry *s = wr_idtable_find(&q->unacked, tag);
+    if (!s)
+        return false;
+    *out = *s;
+    q->ready.levels[out->level].out--;
+    wr_idtable_del(&q->unacked, s);
+    return true;
+}
+
 static int qe_take(void *state, uint64_t tag, struct wr_msg **out)
 {
     struct qe_queue *q = state;
-    struct qe_entry *s = wr_idtable_find(&q->unacked, tag);
-    if (!s)
+    struct qe_entry e;
+    if (!qe_unacked_take(q, tag, &e))
         return WR_ENOTFOUND;
-    struct qe_entry e = *s;
-    q->levels[e.level].out--;
-    wr_idtable_del(&q->unacked, s);
     *out = e.msg;
     qe_forget(q, &e);
     return WR_OK;
@@ -933,39 +866,40 @@ static int qe_ack(void *state, uint64_t tag)
     return rc;
 }
 
+/* As in memory.c: never refused, and under drop-head the head may go. */
 static int qe_requeue(void *state, uint64_t tag)
 {
     struct qe_queue *q = state;
-    struct qe_entry *s = wr_idtable_find(&q->unacked, tag);
-    if (!s)
+    struct qe_entry e;
+    if (!qe_unacked_take(q, tag, &e))
         return WR_ENOTFOUND;
-    struct qe_entry e = *s;
-    q->levels[e.level].out--;
-    wr_idtable_del(&q->unacked, s);
     e.redelivered = true;
     if (e.seg) { /* back to an index entry; the disk has it */
         wr_msg_unref(e.msg);
         e.msg = NULL;
     }
     qe_insert(q, e);
-    if (q->overflow == WR_OVERFLOW_DROP_HEAD)
-        qe_drop_head(q);
+    qe_drop_head(q);
     return WR_OK;
+}
+
+/* Takes the head of the queue out of the ready set and journals it as gone. */
+static void qe_forget_head(struct qe_queue *q, const struct qe_entry *head, uint8_t level)
+{
+    struct qe_entry e = *head;
+    ready_pop(&q->ready, level, e.body_len);
+    wr_msg_unref(e.msg);
+    qe_forget(q, &e);
 }
 
 static uint64_t qe_purge(void *state)
 {
     struct qe_queue *q = state;
-    uint64_t n = q->count;
-    for (size_t p = 0; p <= q->max_priority; p++) {
-        struct qe_level *l = &q->levels[p];
-        while (l->ready.count > 0) {
-            struct qe_entry e = qe_pop_head(q, l);
-            wr_msg_unref(e.msg);
-            qe_forget(q, &e);
-        }
-    }
-    q->top = 0;
+    uint64_t n = q->ready.count;
+    uint8_t level = 0;
+    const struct qe_entry *head;
+    while ((head = ready_head(&q->ready, &level)))
+        qe_forget_head(q, head, level);
     wr_msg_unref(q->head_msg);
     q->head_msg = NULL;
     q->head_seq = 0;
@@ -975,20 +909,20 @@ static uint64_t qe_purge(void *state)
 static const struct wr_msg *qe_peek(void *state)
 {
     struct qe_queue *q = state;
-    while (q->count > 0) {
-        struct qe_level *l = qe_head_level(q);
-        struct wr_msg *msg = qe_msg_of(q, wr_ring_at(&l->ready, 0));
+    uint8_t level = 0;
+    const struct qe_entry *head;
+    while ((head = ready_head(&q->ready, &level))) {
+        struct wr_msg *msg = qe_msg_of(q, head);
         if (msg)
             return msg;
-        struct qe_entry e = qe_pop_head(q, l); /* unreadable: gone, as in next */
-        qe_forget(q, &e);
+        qe_forget_head(q, head, level); /* unreadable: gone, as in next */
     }
     return NULL;
 }
 
 static uint64_t qe_depth(void *state)
 {
-    return ((struct qe_queue *)state)->count;
+    return ((struct qe_queue *)state)->ready.count;
 }
 
 static uint64_t qe_unacked(void *state)

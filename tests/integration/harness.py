@@ -55,7 +55,8 @@ class Warren:
     """The warren binary with an AMQP listener on a free port. extra_yaml is appended to the
     config (for vhosts:, users: ...); broker_yaml lines go under broker:; amqp_options is a
     YAML flow mapping for the listener's options. kafka=True adds a Kafka listener (its
-    options the flow mapping kafka_options, by default auto-created topics); its port is
+    options the flow mapping kafka_options, by default auto-created topics and no initial
+    rebalance delay, so that a group's first join does not wait Kafka's 3 s); its port is
     kafka_port.
 
     The listener asks for port 0 and the port is read from warren's "listening on" log
@@ -63,7 +64,8 @@ class Warren:
     log) is removed at stop, after a failing exit has printed the log."""
 
     def __init__(self, binary, plugin_dir, extra_yaml="", broker_yaml="", amqp_options=None,
-                 env=None, kafka=False, kafka_options="{auto_create_topics: true}"):
+                 env=None, kafka=False,
+                 kafka_options="{auto_create_topics: true, group_initial_rebalance_delay: 0}"):
         self.binary = binary
         self.plugin_dir = plugin_dir
         self.port = None

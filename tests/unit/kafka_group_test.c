@@ -93,6 +93,7 @@ static void open_groups(void)
     struct wr_error err = {0};
     cr_assert_eq(kf_groups_new(NULL, lp, dir, &g, &err), WR_OK, "%s", err.msg);
     kf_groups_set_session_limits(g, 10, 600000);
+    kf_groups_set_initial_rebalance_delay(g, 0); /* the delay's own tests set one */
 }
 
 static void setup(void)
@@ -787,6 +788,166 @@ Test(kafka_group, a_closing_connection_gets_its_join_answered)
     cr_assert_not_null(jb->abort_cb);
     jb->abort_cb(jb, jb->abort_data);
     cr_assert(jb->done);
+}
+
+/* ---- protocol selection and the initial rebalance delay ------------------------------ */
+
+/* A JoinGroup v1 (rebalance timeout 1.5 s) offering protocols in this order of preference,
+ * each with metadata "<client id>:<protocol>". */
+static struct kf_reply *join_offering(struct kf_conn *c, const char *group,
+                                      const char *const *names, int32_t n)
+{
+    struct kf_join_group_request_join_group_request_protocol protos[4];
+    char meta[4][32];
+    cr_assert(n <= 4);
+    for (int32_t i = 0; i < n; i++) {
+        snprintf(meta[i], sizeof meta[i], "%s:%s", c->client_id, names[i]);
+        protos[i].name = kf_str_c(names[i]);
+        protos[i].metadata = kf_str_c(meta[i]);
+    }
+    struct kf_join_group_request req;
+    kf_join_group_request_init(&req);
+    req.group_id = kf_str_c(group);
+    req.session_timeout_ms = 10000;
+    req.rebalance_timeout_ms = 1500;
+    req.member_id = kf_str_c("");
+    req.protocol_type = kf_str_c("consumer");
+    req.protocols = protos;
+    req.n_protocols = n;
+    struct kf_reply *r = reply_new(1);
+    kf_group_join_group(g, c, r, 1, &req);
+    return r;
+}
+
+static bool never(void *data)
+{
+    (void)data;
+    return false;
+}
+
+/* Runs the loop for ms: what the group does meanwhile is up to its timers. */
+static void run_loop_for(int ms)
+{
+    cr_assert(!tu_wait(lp, never, NULL, ms));
+}
+
+Test(kafka_group, the_protocol_is_chosen_by_the_members_votes)
+{
+    kf_groups_set_initial_rebalance_delay(g, 50); /* the three join one generation */
+    const char *a_prefs[] = {"range", "roundrobin"};
+    const char *b_prefs[] = {"roundrobin", "range"};
+    const char *c_prefs[] = {"sticky", "roundrobin", "range"};
+    struct kf_reply *ja = join_offering(&ca, "g", a_prefs, 2);
+    struct kf_reply *jb = join_offering(&cb, "g", b_prefs, 2);
+    struct kf_reply *jc = join_offering(&cc, "g", c_prefs, 3);
+    struct kf_join_group_response a = join_result(ja), b = join_result(jb),
+                                  c = join_result(jc);
+    /* sticky is not a candidate (alpha and bravo lack it); bravo and charlie vote roundrobin,
+     * alpha, the leader, range. */
+    cr_assert_eq(a.n_members, 3);
+    cr_assert(str_eq(a.leader, keep(a.member_id)));
+    cr_assert(str_eq(a.protocol_name, "roundrobin"), "%s", keep(a.protocol_name));
+    cr_assert(str_eq(b.protocol_name, "roundrobin") && str_eq(c.protocol_name, "roundrobin"));
+    cr_assert_str_eq(member_meta(&a, keep(a.member_id)), "alpha:roundrobin");
+    cr_assert_str_eq(member_meta(&a, keep(b.member_id)), "bravo:roundrobin");
+    cr_assert_str_eq(member_meta(&a, keep(c.member_id)), "charlie:roundrobin");
+}
+
+/* One vote each: Kafka keeps the first of the tied protocols in the order java.util.HashMap
+ * iterates them, by the names' String.hashCode: range before roundrobin, sticky before range.
+ * Neither the leader's preference nor the alphabet decides. */
+Test(kafka_group, a_tied_vote_goes_as_on_kafka)
+{
+    kf_groups_set_initial_rebalance_delay(g, 50);
+    const char *rr_first[] = {"roundrobin", "range"}, *range_first[] = {"range", "roundrobin"};
+    struct kf_reply *ja = join_offering(&ca, "g1", rr_first, 2);
+    struct kf_reply *jb = join_offering(&cb, "g1", range_first, 2);
+    const char *range_sticky[] = {"range", "sticky"}, *sticky_range[] = {"sticky", "range"};
+    struct kf_reply *jc = join_offering(&cc, "g2", range_sticky, 2);
+    struct kf_reply *ja2 = join_offering(&ca, "g2", sticky_range, 2);
+    struct kf_join_group_response a = join_result(ja), c = join_result(jc);
+    cr_assert_eq(a.n_members, 2);
+    cr_assert(str_eq(a.protocol_name, "range"), "%s", keep(a.protocol_name));
+    cr_assert(str_eq(join_result(jb).protocol_name, "range"));
+    cr_assert_eq(c.n_members, 2);
+    cr_assert(str_eq(c.protocol_name, "sticky"), "%s", keep(c.protocol_name));
+    cr_assert(str_eq(join_result(ja2).protocol_name, "sticky"));
+}
+
+Test(kafka_group, the_initial_delay_gathers_members_into_one_generation)
+{
+    kf_groups_set_initial_rebalance_delay(g, 300);
+    uint64_t t0 = wr_loop_now_ms(lp);
+    struct kf_reply *ja = join(&ca, 1, "g", NULL, NULL, 10000, "ma");
+    struct kf_reply *jb = join(&cb, 1, "g", NULL, NULL, 10000, "mb");
+    cr_assert_str_eq(keep(describe("g").group_state), "PreparingRebalance");
+    /* bravo came in the first window, so a second one follows: nothing before 600 ms. */
+    run_loop_for(450);
+    cr_assert(!ja->done && !jb->done, "answered before the delay was over");
+    struct kf_join_group_response a = join_result(ja), b = join_result(jb);
+    cr_assert_geq(wr_loop_now_ms(lp) - t0, 600);
+    cr_assert_eq(a.error_code, 0);
+    cr_assert_eq(b.error_code, 0);
+    cr_assert_eq(a.generation_id, b.generation_id);
+    cr_assert_eq(a.n_members, 2);
+    cr_assert_str_eq(member_meta(&a, keep(a.member_id)), "ma");
+    cr_assert_str_eq(member_meta(&a, keep(b.member_id)), "mb");
+    cr_assert(str_eq(b.leader, keep(a.member_id)));
+}
+
+/* The KIP-394 way in (v4: a member id first, then the join with it) counts as a new member
+ * too, and a window without one ends the join phase. */
+Test(kafka_group, the_initial_delay_waits_for_members_that_first_get_an_id)
+{
+    kf_groups_set_initial_rebalance_delay(g, 200);
+    struct kf_join_group_response first = join_result(join(&ca, 4, "g", NULL, NULL, 10000,
+                                                           "ma"));
+    cr_assert_eq(first.error_code, KF_ERR_MEMBER_ID_REQUIRED);
+    uint64_t t0 = wr_loop_now_ms(lp);
+    struct kf_reply *ja = join(&ca, 4, "g", keep(first.member_id), NULL, 10000, "ma");
+    run_loop_for(100);
+    first = join_result(join(&cb, 4, "g", NULL, NULL, 10000, "mb"));
+    struct kf_reply *jb = join(&cb, 4, "g", keep(first.member_id), NULL, 10000, "mb");
+    struct kf_join_group_response a = join_result(ja), b = join_result(jb);
+    cr_assert_geq(wr_loop_now_ms(lp) - t0, 400, "two windows: bravo came in the first");
+    cr_assert_eq(a.generation_id, b.generation_id);
+    cr_assert_eq(a.n_members, 2);
+}
+
+/* However many keep coming, the join phase ends by the rebalance timeout (1.5 s). */
+Test(kafka_group, the_initial_delay_stops_at_the_rebalance_timeout)
+{
+    kf_groups_set_initial_rebalance_delay(g, 1000);
+    uint64_t t0 = wr_loop_now_ms(lp);
+    struct kf_reply *ja = join(&ca, 1, "g", NULL, NULL, 10000, "ma");
+    struct kf_reply *jb = join(&cb, 1, "g", NULL, NULL, 10000, "mb");
+    struct kf_join_group_response a = join_result(ja);
+    uint64_t took = wr_loop_now_ms(lp) - t0;
+    cr_assert_geq(took, 1500);
+    cr_assert_lt(took, 2000, "a second full window would end at 2 s, took %llu ms",
+                 (unsigned long long)took);
+    cr_assert_eq(a.n_members, 2);
+    cr_assert_eq(join_result(jb).generation_id, a.generation_id);
+}
+
+/* Only a rebalance that starts Empty waits: a member joining a Stable group is answered as
+ * soon as everyone has rejoined. */
+Test(kafka_group, later_rebalances_do_not_wait_the_delay)
+{
+    kf_groups_set_initial_rebalance_delay(g, 200);
+    uint64_t t0 = wr_loop_now_ms(lp);
+    struct kf_reply *ja = join(&ca, 1, "g", NULL, NULL, 10000, "ma");
+    run_loop_for(100);
+    cr_assert(!ja->done, "a lone member waits the delay too");
+    struct kf_join_group_response a = join_result(ja);
+    cr_assert_geq(wr_loop_now_ms(lp) - t0, 200);
+    const char *ida = keep(a.member_id);
+    struct assign as[] = {{ida, "a1"}};
+    sync_result(sync_group(&ca, 0, "g", a.generation_id, ida, NULL, as, 1));
+    struct kf_reply *jb = join(&cb, 1, "g", NULL, NULL, 10000, "mb");
+    ja = join(&ca, 1, "g", ida, NULL, 10000, "ma");
+    cr_assert(ja->done && jb->done, "answered without running the loop");
+    cr_assert_eq(join_result(ja).n_members, 2);
 }
 
 /* ---- the offsets file ---------------------------------------------------------------- */

@@ -2,7 +2,8 @@
  * queue_log_test.c: queues on a log-model storage (streams), as the core serves them to a
  * transport: publish appends, every consumer reads every record from its own offset
  * (x-stream-offset: first, last, next, an offset, a timestamp), acks are credit, get and
- * purge do not apply, sync barriers cover appends, and records outlive the broker.
+ * purge do not apply, sync barriers cover appends, records outlive the broker, and a stream
+ * grows partitions that publishes then hash over.
  * Driven through the public broker API with the real `log` plugin.
  */
 #include <criterion/criterion.h>
@@ -410,4 +411,55 @@ Test(queue_log, listing_queues_and_their_options)
     int logs = 0;
     cr_assert_eq(wr_vhost_each_queue(t.vh, count_logs, &logs), 3);
     cr_assert_eq(logs, 2);
+}
+
+/* ---- adding partitions ---------------------------------------------------------------- */
+
+static void publish_keyed(const char *key, const char *body)
+{
+    struct wr_msg_init init = {.routing_key = wr_str_c("s"),
+                               .key = wr_str_c(key),
+                               .body_ptr = body,
+                               .body_len = strlen(body)};
+    struct wr_msg *m = NULL;
+    struct wr_error err = {0};
+    cr_assert_eq(wr_msg_new(&init, &m, &err), WR_OK);
+    cr_assert_eq(wr_publish(wr_exchange_find(t.vh, ""), m, NULL, &err), 1, "%s", err.msg);
+    wr_msg_unref(m);
+}
+
+static uint64_t records_in(struct wr_queue *q, uint32_t partition)
+{
+    uint64_t earliest = 0, latest = 0;
+    cr_assert_eq(wr_queue_offsets(q, partition, &earliest, &latest), WR_OK);
+    return latest - earliest;
+}
+
+Test(queue_log, a_stream_grows_and_publishes_spread_over_its_new_partitions)
+{
+    struct wr_queue *q = stream("s");
+    publish_keyed("k", "before");
+    struct wr_error err = {0};
+    cr_assert_eq(wr_queue_add_partitions(q, 1, &err), WR_EINVAL, "a log never shrinks");
+    cr_assert(strstr(err.msg, "can only grow"), "%s", err.msg);
+    cr_assert_eq(wr_queue_add_partitions(q, 3, &err), WR_OK, "%s", err.msg);
+    cr_assert_eq(wr_queue_partitions(q), 3);
+    cr_assert_eq(records_in(q, 0), 1, "the records before stay where they were");
+
+    char key[16];
+    for (int i = 0; i < 64; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        publish_keyed(key, "after");
+    }
+    for (uint32_t p = 1; p < 3; p++)
+        cr_assert_gt(records_in(q, p), 0, "keys hash over 3 partitions: %u got none", p);
+    cr_assert_eq(wr_queue_depth(q), 65);
+
+    uint8_t batch[8];
+    uint64_t offset = 0;
+    cr_assert_eq(wr_queue_append_batch(q, 3, batch, sizeof batch, &offset, &err), WR_EINVAL);
+
+    struct wr_queue *plain = tu_queue(&t, "plain");
+    cr_assert_eq(wr_queue_add_partitions(plain, 2, &err), WR_EINVAL);
+    cr_assert(strstr(err.msg, "not a log"), "%s", err.msg);
 }

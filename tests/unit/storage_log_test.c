@@ -2,8 +2,9 @@
  * storage_log_test.c: the `log` storage backend, loaded through the real plugin loader and
  * driven through its ops table: appends of Kafka batches (built here, independently of the
  * backend's codec) and of messages, reads as file ranges and as messages, offsets, lookups
- * by offset and by time, segment rolls, retention, compaction, partitions, group commit, and
- * recovery from torn, damaged, foreign and newer files.
+ * by offset and by time, segment rolls, retention, compaction, partitions, group commit,
+ * adding partitions (kept across a reopen that declares fewer), and recovery from torn,
+ * damaged, foreign and newer files.
  */
 #include <criterion/criterion.h>
 
@@ -22,47 +23,18 @@
 
 #include <warren/wr.h>
 
-static struct wr_loop *lp;
-static struct wr_broker *b;
-static const struct wr_storage_ops *ops;
-static struct wr_plugin_ctx *ctx;
-static struct wr_table *options;
-static char data_dir[] = "/tmp/warren-logtest-XXXXXX";
+#include "storage_testutil.h"
+
 static char ldir[256];
 
 static void setup(void)
 {
-    struct wr_error err = {0};
-    cr_assert_not_null(mkdtemp(data_dir));
+    storage_setup("log");
     snprintf(ldir, sizeof ldir, "%s/vh/l", data_dir);
-    cr_assert_eq(wr_loop_new(&lp, &err), WR_OK, "%s", err.msg);
-    cr_assert_eq(wr_broker_new(lp, data_dir, &b, &err), WR_OK, "%s", err.msg);
-    const char *const dirs[] = {WR_TEST_PLUGIN_DIR, NULL};
-    cr_assert_eq(wr_broker_load_plugin(b, "log", NULL, dirs, WR_PLUGIN_STORAGE, &ctx, &err),
-                 WR_OK, "%s", err.msg);
-    ops = wr_plugin_ctx_plugin(ctx)->ops;
     cr_assert_eq(ops->model, WR_STORAGE_LOG);
-    options = wr_table_new();
-    cr_assert_not_null(options);
 }
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void teardown(void)
-{
-    wr_broker_free(b);
-    wr_loop_free(lp);
-    wr_table_free(options);
-    nftw(data_dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
-}
-
-TestSuite(storage_log, .init = setup, .fini = teardown, .timeout = 120);
+TestSuite(storage_log, .init = setup, .fini = storage_teardown, .timeout = 120);
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
@@ -902,6 +874,95 @@ Test(storage_log, close_completes_pending_syncs)
     ops->close(l);
     cr_assert(p.fired);
     cr_assert_eq(p.status, WR_OK);
+}
+
+/* ---- adding partitions ---------------------------------------------------------------- */
+
+/* How many partitions the log has: add_partitions with a count it already has is a query. */
+static uint32_t partitions_of(void *l)
+{
+    uint32_t n = 0;
+    struct wr_error err = {0};
+    cr_assert_eq(ops->add_partitions(l, 1, &n, &err), WR_OK, "%s", err.msg);
+    return n;
+}
+
+static void expect_one_batch(void *l, uint32_t part, const uint8_t *kept, size_t klen)
+{
+    uint64_t earliest, latest;
+    ops->offsets(l, part, &earliest, &latest);
+    cr_assert_eq(earliest, 0);
+    cr_assert_eq(latest, 1, "partition %u keeps its record", part);
+    struct wr_log_slice s = read_at(l, part, 0, 1 << 20);
+    cr_assert_eq(s.length, klen);
+    uint8_t *got = slice_bytes(&s);
+    cr_assert_arr_eq(got, kept, klen);
+    free(got);
+    slice_close(&s);
+}
+
+Test(storage_log, a_log_grows_and_its_new_partitions_take_appends)
+{
+    void *l = open_log();
+    append_n(l, 0, 2, now_ms(), NULL, NULL);
+    uint32_t n = 0;
+    struct wr_error err = {0};
+    cr_assert_eq(ops->add_partitions(l, 3, &n, &err), WR_OK, "%s", err.msg);
+    cr_assert_eq(n, 3);
+    for (uint32_t p = 1; p < 3; p++) {
+        uint64_t earliest = 9, latest = 9;
+        ops->offsets(l, p, &earliest, &latest);
+        cr_assert_eq(earliest, 0, "a new partition starts empty at offset 0");
+        cr_assert_eq(latest, 0);
+        char dir[300];
+        snprintf(dir, sizeof dir, "%s/%u", ldir, p);
+        cr_assert_eq(count_files(dir, ".log"), 1, "partition %u has its first segment", p);
+    }
+    uint8_t kept[8192];
+    size_t klen = 0;
+    cr_assert_eq(append_n(l, 2, 1, now_ms(), kept, &klen), 0);
+    expect_one_batch(l, 2, kept, klen);
+    uint64_t earliest, latest;
+    ops->offsets(l, 0, &earliest, &latest);
+    cr_assert_eq(latest, 2, "partition 0 is untouched");
+
+    cr_assert_eq(ops->add_partitions(l, 2, &n, &err), WR_OK, "%s", err.msg);
+    cr_assert_eq(n, 3, "a log never shrinks");
+    cr_assert_eq(ops->add_partitions(l, 200000, &n, &err), WR_EINVAL);
+    cr_assert(strstr(err.msg, "too many"), "%s", err.msg);
+    cr_assert_eq(n, 3);
+
+    /* The new directories are made durable by the next sync. */
+    struct sync_probe probe = {0};
+    cr_assert_eq(ops->sync(l, on_synced, &probe), WR_OK);
+    run_until(fired, &probe);
+    cr_assert_eq(probe.status, WR_OK);
+    ops->close(l);
+}
+
+Test(storage_log, reopening_with_fewer_partitions_declared_keeps_them_all)
+{
+    void *l = open_log();
+    uint32_t n = 0;
+    struct wr_error err = {0};
+    cr_assert_eq(ops->add_partitions(l, 3, &n, &err), WR_OK, "%s", err.msg);
+    uint8_t kept[8192];
+    size_t klen = 0;
+    append_n(l, 2, 1, now_ms(), kept, &klen);
+    ops->close(l);
+
+    l = open_parts(1); /* the queue still declares one, as a YAML not updated would */
+    cr_assert_eq(partitions_of(l), 3);
+    expect_one_batch(l, 2, kept, klen);
+    cr_assert_eq(append_n(l, 2, 1, now_ms(), NULL, NULL), 1);
+    ops->close(l);
+
+    l = open_parts(5); /* and a larger declared count wins over the disk */
+    cr_assert_eq(partitions_of(l), 5);
+    uint64_t earliest, latest;
+    ops->offsets(l, 2, &earliest, &latest);
+    cr_assert_eq(latest, 2);
+    ops->close(l);
 }
 
 /* ---- recovery -------------------------------------------------------------------------- */

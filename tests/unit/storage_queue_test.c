@@ -1,89 +1,36 @@
 /*
  * storage_queue_test.c: the `queue` storage backend, loaded through the real plugin loader
- * and driven through its ops table. First the queue semantics the memory backend has (FIFO,
- * ack, requeue at the original place, purge, limits, priorities), on a durable queue of
- * persistent messages so every path goes through the journal; then durability: reopen,
- * every field of a message, torn and flipped tails, a damaged middle segment, a foreign or
- * newer file, segment deletion, and the sync callback with group commit.
+ * and driven through its ops table. First the queue model's tests the memory backend passes
+ * too (storage_queue_model.h: FIFO, ack, requeue at the original place, purge, limits,
+ * priorities), on a durable queue of persistent messages so every path goes through the
+ * journal; then durability: reopen, every field of a message, torn and flipped tails, a
+ * damaged middle segment, a foreign or newer file, segment deletion, and the sync callback
+ * with group commit.
  */
 #include <criterion/criterion.h>
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <warren/wr.h>
+#include "storage_testutil.h"
 
-static struct wr_loop *lp;
-static struct wr_broker *b;
-static const struct wr_storage_ops *ops;
-static struct wr_plugin_ctx *ctx;
-static struct wr_table *options;
-static char data_dir[] = "/tmp/warren-queuetest-XXXXXX";
-static char qdir[256];
+#define QUEUE_MODEL_SUITE storage_queue
+#include "storage_queue_model.h"
 
 static void setup(void)
 {
-    struct wr_error err = {0};
-    cr_assert_not_null(mkdtemp(data_dir));
-    snprintf(qdir, sizeof qdir, "%s/vh/q", data_dir);
-    cr_assert_eq(wr_loop_new(&lp, &err), WR_OK, "%s", err.msg);
-    cr_assert_eq(wr_broker_new(lp, data_dir, &b, &err), WR_OK, "%s", err.msg);
-    const char *const dirs[] = {WR_TEST_PLUGIN_DIR, NULL};
-    cr_assert_eq(wr_broker_load_plugin(b, "queue", NULL, dirs, WR_PLUGIN_STORAGE, &ctx, &err),
-                 WR_OK, "%s", err.msg);
-    const struct wr_plugin *p = wr_plugin_ctx_plugin(ctx);
-    cr_assert_str_eq(p->name, "queue");
-    ops = p->ops;
-    cr_assert_geq(ops->size, sizeof(struct wr_storage_ops));
-    cr_assert_eq(ops->model, WR_STORAGE_QUEUE);
+    queue_model_setup("queue");
     cr_assert_not_null(ops->sync);
-    options = wr_table_new();
-    cr_assert_not_null(options);
 }
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void teardown(void)
-{
-    wr_broker_free(b);
-    wr_loop_free(lp);
-    wr_table_free(options);
-    nftw(data_dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
-}
-
-TestSuite(storage_queue, .init = setup, .fini = teardown, .timeout = 120);
+TestSuite(storage_queue, .init = setup, .fini = storage_teardown, .timeout = 120);
 
 /* ---- helpers --------------------------------------------------------------------------- */
-
-#define MAX_DROPPED 16
-static struct wr_msg *dropped[MAX_DROPPED];
-static int n_dropped;
-
-static void on_dropped(void *owner, struct wr_msg *msg)
-{
-    cr_assert_eq(owner, (void *)&n_dropped);
-    cr_assert_lt(n_dropped, MAX_DROPPED);
-    dropped[n_dropped++] = msg;
-}
-
-static void release_dropped(void)
-{
-    for (int i = 0; i < n_dropped; i++)
-        wr_msg_unref(dropped[i]);
-    n_dropped = 0;
-}
 
 static void set_option_str(const char *name, const char *value)
 {
@@ -97,38 +44,6 @@ static void set_option_int(const char *name, int64_t value)
     cr_assert_eq(wr_table_set(options, name, &v), WR_OK);
 }
 
-static struct wr_storage_args make_args(uint8_t max_priority, int64_t max_length,
-                                        int64_t max_bytes, enum wr_overflow overflow)
-{
-    return (struct wr_storage_args){
-        .vhost = "/", .queue = "q", .dir = qdir, .durable = true,
-        .max_length = max_length, .max_length_bytes = max_bytes, .overflow = overflow,
-        .max_priority = max_priority, .partitions = 1, .options = options,
-        .dropped = on_dropped, .owner = &n_dropped,
-    };
-}
-
-static void *open_args(const struct wr_storage_args *args)
-{
-    void *state = NULL;
-    struct wr_error err = {0};
-    cr_assert_eq(ops->open(ctx, args, &state, &err), WR_OK, "%s", err.msg);
-    cr_assert_not_null(state);
-    return state;
-}
-
-static void *open_full(uint8_t max_priority, int64_t max_length, int64_t max_bytes,
-                       enum wr_overflow overflow)
-{
-    struct wr_storage_args args = make_args(max_priority, max_length, max_bytes, overflow);
-    return open_args(&args);
-}
-
-static void *open_plain(void)
-{
-    return open_full(0, -1, -1, WR_OVERFLOW_DROP_HEAD);
-}
-
 static int open_fails(struct wr_error *err)
 {
     struct wr_storage_args args = make_args(0, -1, -1, WR_OVERFLOW_DROP_HEAD);
@@ -136,64 +51,6 @@ static int open_fails(struct wr_error *err)
     int rc = ops->open(ctx, &args, &state, err);
     cr_assert_null(state);
     return rc;
-}
-
-#define NO_PRIORITY (-1)
-
-/* A persistent message (delivery mode 2), so a durable queue journals it. */
-static struct wr_msg *make_msg_priority(const char *body, int priority)
-{
-    struct wr_props props = {.flags = WR_PROP_DELIVERY_MODE, .delivery_mode = 2};
-    if (priority != NO_PRIORITY) {
-        props.flags |= WR_PROP_PRIORITY;
-        props.priority = (uint8_t)priority;
-    }
-    struct wr_msg_init init = {
-        .routing_key = wr_str_c("rk"), .props = &props, .body_ptr = body,
-        .body_len = strlen(body),
-    };
-    struct wr_msg *msg = NULL;
-    struct wr_error err = {0};
-    cr_assert_eq(wr_msg_new(&init, &msg, &err), WR_OK, "%s", err.msg);
-    return msg;
-}
-
-static int put_priority(void *q, const char *body, int priority)
-{
-    struct wr_msg *msg = make_msg_priority(body, priority);
-    int rc = ops->enqueue(q, msg, NULL);
-    wr_msg_unref(msg);
-    return rc;
-}
-
-static int put(void *q, const char *body)
-{
-    return put_priority(q, body, NO_PRIORITY);
-}
-
-static bool body_is(const struct wr_msg *msg, const char *want)
-{
-    size_t len;
-    const uint8_t *p = wr_msg_body(msg, &len);
-    return len == strlen(want) && memcmp(p, want, len) == 0;
-}
-
-static uint64_t take(void *q, const char *want, bool redelivered)
-{
-    struct wr_stored d = {0};
-    cr_assert_eq(ops->next(q, &d), WR_OK, "expected '%s', the queue is empty", want);
-    size_t len;
-    const uint8_t *p = wr_msg_body(d.msg, &len);
-    cr_assert(body_is(d.msg, want), "expected '%s', got '%.*s'", want, (int)len, p);
-    cr_assert_eq(d.redelivered, redelivered, "'%s': redelivered is %d", want, d.redelivered);
-    cr_assert_neq(d.tag, 0);
-    return d.tag;
-}
-
-static void assert_empty(void *q)
-{
-    struct wr_stored d = {0};
-    cr_assert_eq(ops->next(q, &d), WR_ENOTFOUND);
 }
 
 /* The segment files of the queue, sorted; returns how many. */
@@ -247,84 +104,11 @@ static void run_until(const bool *flag)
     cr_assert(*flag, "the loop never got there");
 }
 
-/* ---- semantics (as memory) ------------------------------------------------------------- */
+/* ---- the queue model across restarts --------------------------------------------------- */
 
-Test(storage_queue, fifo_ack_and_counts)
+Test(storage_queue, dropped_messages_stay_gone_after_a_restart)
 {
-    void *q = open_plain();
-    assert_empty(q);
-    const char *bodies[] = {"a", "b", "c", "d", "e"};
-    for (int i = 0; i < 5; i++)
-        cr_assert_eq(put(q, bodies[i]), WR_OK);
-    cr_assert_eq(ops->depth(q), 5);
-    uint64_t tags[5];
-    for (int i = 0; i < 5; i++)
-        tags[i] = take(q, bodies[i], false);
-    cr_assert_eq(ops->unacked(q), 5);
-    assert_empty(q);
-    cr_assert_eq(ops->ack(q, tags[0]), WR_OK);
-    cr_assert_eq(ops->ack(q, tags[0]), WR_ENOTFOUND, "a tag is acked once");
-    cr_assert_eq(ops->requeue(q, tags[0]), WR_ENOTFOUND);
-    cr_assert_eq(ops->ack(q, 0), WR_ENOTFOUND);
-    cr_assert_eq(ops->ack(q, 999), WR_ENOTFOUND);
-    for (int i = 1; i < 5; i++)
-        cr_assert_eq(ops->ack(q, tags[i]), WR_OK);
-    cr_assert_eq(ops->unacked(q), 0);
-    cr_assert_eq(ops->depth(q), 0);
-    ops->close(q);
-}
-
-Test(storage_queue, requeue_lands_at_original_places)
-{
-    void *q = open_plain();
-    put(q, "a");
-    put(q, "b");
-    put(q, "c");
-    uint64_t ta = take(q, "a", false);
-    uint64_t tb = take(q, "b", false);
-    put(q, "d");
-    cr_assert_eq(ops->requeue(q, tb), WR_OK);
-    cr_assert_eq(ops->requeue(q, ta), WR_OK);
-    cr_assert_eq(ops->depth(q), 4);
-    take(q, "a", true);
-    take(q, "b", true);
-    uint64_t tc = take(q, "c", false);
-    cr_assert_eq(ops->requeue(q, tc), WR_OK);
-    take(q, "c", true);
-    take(q, "d", false);
-    assert_empty(q);
-    ops->close(q);
-}
-
-Test(storage_queue, peek_then_next_and_purge)
-{
-    void *q = open_plain();
-    cr_assert_null(ops->peek(q));
-    for (int i = 0; i < 5; i++)
-        put(q, "m");
-    put(q, "last");
-    const struct wr_msg *head = ops->peek(q);
-    cr_assert_not_null(head);
-    cr_assert(body_is(head, "m"));
-    cr_assert_eq(ops->peek(q), head, "the head is decoded once");
-    struct wr_stored d = {0};
-    cr_assert_eq(ops->next(q, &d), WR_OK);
-    cr_assert_eq(d.msg, head, "next hands out the message peek showed");
-    uint64_t t2 = take(q, "m", false);
-    cr_assert_eq(ops->purge(q), 4);
-    cr_assert_eq(ops->depth(q), 0);
-    cr_assert_eq(ops->unacked(q), 2);
-    cr_assert_eq(n_dropped, 0, "purge is not a max-length drop");
-    cr_assert_null(ops->peek(q));
-    cr_assert_eq(ops->requeue(q, d.tag), WR_OK);
-    cr_assert_eq(ops->ack(q, t2), WR_OK);
-    cr_assert_eq(ops->purge(q), 1);
-    ops->close(q);
-}
-
-Test(storage_queue, max_length_drop_head)
-{
-    void *q = open_full(0, 3, -1, WR_OVERFLOW_DROP_HEAD);
+    void *q = open_limited(3, -1, WR_OVERFLOW_DROP_HEAD, true);
     put(q, "1");
     put(q, "2");
     put(q, "3");
@@ -344,7 +128,7 @@ Test(storage_queue, max_length_drop_head)
     ops->close(q);
 
     /* Gone for good: nothing dropped comes back. */
-    q = open_full(0, 3, -1, WR_OVERFLOW_DROP_HEAD);
+    q = open_limited(3, -1, WR_OVERFLOW_DROP_HEAD, true);
     take(q, "3", true);
     take(q, "4", true);
     take(q, "5", true);
@@ -352,56 +136,9 @@ Test(storage_queue, max_length_drop_head)
     ops->close(q);
 }
 
-Test(storage_queue, max_length_bytes_drop_head)
-{
-    void *q = open_full(0, -1, 10, WR_OVERFLOW_DROP_HEAD);
-    put(q, "aaaa");
-    put(q, "bbbb");
-    put(q, "cc");
-    cr_assert_eq(n_dropped, 0);
-    put(q, "d");
-    cr_assert_eq(n_dropped, 1);
-    cr_assert(body_is(dropped[0], "aaaa"));
-    put(q, "0123456789X");
-    cr_assert_eq(n_dropped, 5, "bigger than the limit alone: it goes too");
-    cr_assert(body_is(dropped[4], "0123456789X"));
-    cr_assert_eq(ops->depth(q), 0);
-    release_dropped();
-    ops->close(q);
-}
-
-Test(storage_queue, reject_publish)
-{
-    void *q = open_full(0, 2, -1, WR_OVERFLOW_REJECT_PUBLISH);
-    cr_assert_eq(put(q, "1"), WR_OK);
-    cr_assert_eq(put(q, "2"), WR_OK);
-    struct wr_msg *msg = make_msg_priority("3", NO_PRIORITY);
-    struct wr_error err = {0};
-    cr_assert_eq(ops->enqueue(q, msg, &err), WR_ELIMIT);
-    cr_assert_neq(strlen(err.msg), 0);
-    cr_assert_eq(msg->refs, 1, "a refused message is not kept");
-    uint64_t t = take(q, "1", false);
-    cr_assert_eq(ops->enqueue(q, msg, NULL), WR_OK);
-    cr_assert_eq(ops->requeue(q, t), WR_OK, "a requeue is never refused");
-    cr_assert_eq(ops->depth(q), 3);
-    take(q, "1", true);
-    take(q, "2", false);
-    take(q, "3", false);
-    wr_msg_unref(msg);
-    ops->close(q);
-
-    snprintf(qdir, sizeof qdir, "%s/vh/bytes", data_dir);
-    q = open_full(0, -1, 5, WR_OVERFLOW_REJECT_PUBLISH);
-    cr_assert_eq(put(q, "abc"), WR_OK);
-    cr_assert_eq(put(q, "def"), WR_ELIMIT);
-    cr_assert_eq(put(q, "de"), WR_OK);
-    cr_assert_eq(put(q, ""), WR_OK);
-    ops->close(q);
-}
-
 Test(storage_queue, priorities_survive_a_restart)
 {
-    void *q = open_full(5, -1, -1, WR_OVERFLOW_DROP_HEAD);
+    void *q = open_priority(5);
     put_priority(q, "low", 1);
     put_priority(q, "none", NO_PRIORITY);
     put_priority(q, "high", 9); /* above max_priority: counts as 5 */
@@ -412,7 +149,7 @@ Test(storage_queue, priorities_survive_a_restart)
     take(q, "high", true);
     ops->close(q);
 
-    q = open_full(5, -1, -1, WR_OVERFLOW_DROP_HEAD);
+    q = open_priority(5);
     take(q, "high", true); /* handed out before the restart; the rest never were */
     take(q, "high2", false);
     take(q, "mid", false);
@@ -431,80 +168,16 @@ Test(storage_queue, bad_options_are_refused)
     set_option_str("flush", "never");
     set_option_int("segment_size", 0);
     cr_assert_eq(open_fails(&err), WR_EINVAL);
-    struct wr_storage_args args = make_args(0, -5, -1, WR_OVERFLOW_DROP_HEAD);
-    void *state = NULL;
-    cr_assert_eq(ops->open(ctx, &args, &state, &err), WR_EINVAL);
 }
 
-/* Random operations against a model, across a tiny segment size so segments roll and go. */
-#define MODEL_OPS 6000
-#define MODEL_MAX 40
-
-struct model_msg {
-    int id;
-    bool redelivered;
-    uint64_t tag;
-};
-
-Test(storage_queue, random_operations_match_a_model)
+/* The model's random operations with restarts, across a tiny segment size so segments roll
+ * and go. */
+Test(storage_queue, random_operations_with_restarts_match_a_model)
 {
     set_option_int("segment_size", 512);
-    void *q = open_plain();
-    struct model_msg ready[MODEL_MAX], unacked[MODEL_MAX];
-    int n_ready = 0, n_unacked = 0, next_id = 0;
-    char body[16];
-    srand(11);
-    for (int op = 0; op < MODEL_OPS; op++) {
-        int r = rand() % 5;
-        if (r == 0 && n_ready + n_unacked < MODEL_MAX) {
-            snprintf(body, sizeof body, "%d", next_id);
-            cr_assert_eq(put(q, body), WR_OK);
-            ready[n_ready++] = (struct model_msg){next_id++, false, 0};
-        } else if (r == 1 && n_ready > 0) {
-            snprintf(body, sizeof body, "%d", ready[0].id);
-            struct model_msg m = ready[0];
-            m.tag = take(q, body, m.redelivered);
-            memmove(&ready[0], &ready[1], (size_t)(n_ready - 1) * sizeof(ready[0]));
-            n_ready--;
-            unacked[n_unacked++] = m;
-        } else if (r == 2 && n_unacked > 0) {
-            int k = rand() % n_unacked;
-            cr_assert_eq(ops->ack(q, unacked[k].tag), WR_OK);
-            unacked[k] = unacked[--n_unacked];
-        } else if (r == 3 && n_unacked > 0) {
-            int k = rand() % n_unacked;
-            struct model_msg m = unacked[k];
-            unacked[k] = unacked[--n_unacked];
-            cr_assert_eq(ops->requeue(q, m.tag), WR_OK);
-            int at = 0;
-            while (at < n_ready && ready[at].id < m.id)
-                at++;
-            memmove(&ready[at + 1], &ready[at], (size_t)(n_ready - at) * sizeof(ready[0]));
-            m.redelivered = true;
-            ready[at] = m;
-            n_ready++;
-        } else if (r == 4 && op % 500 == 4) {
-            /* Restart: unacked ones come back at their places, redelivered (they were
-             * handed out); the ready ones keep their flags. */
-            ops->close(q);
-            q = open_plain();
-            for (int i = 0; i < n_unacked; i++) {
-                int at = 0;
-                while (at < n_ready && ready[at].id < unacked[i].id)
-                    at++;
-                memmove(&ready[at + 1], &ready[at], (size_t)(n_ready - at) * sizeof(ready[0]));
-                ready[at] = unacked[i];
-                ready[at].redelivered = true;
-                n_ready++;
-            }
-            n_unacked = 0;
-        }
-        cr_assert_eq(ops->depth(q), (uint64_t)n_ready);
-        cr_assert_eq(ops->unacked(q), (uint64_t)n_unacked);
-    }
+    run_model(0, 6000, 11, true);
     char names[64][64];
     cr_assert_leq(list_segments(names, 64), 40, "acked segments are deleted");
-    ops->close(q);
 }
 
 /* ---- durability ------------------------------------------------------------------------ */
@@ -559,7 +232,7 @@ Test(storage_queue, transient_messages_and_plain_queues_keep_nothing)
     ops->close(q);
 
     struct wr_storage_args args = make_args(0, -1, -1, WR_OVERFLOW_DROP_HEAD);
-    snprintf(qdir, sizeof qdir, "%s/vh/plain", data_dir);
+    use_queue_dir("plain");
     args.durable = false;
     q = open_args(&args);
     cr_assert_eq(ops->enqueue(q, msg, NULL), WR_OK);

@@ -227,6 +227,15 @@ WR_API bool wr_queue_is_log(const struct wr_queue *q);
  * its consumers and watchers. Errors: WR_EINVAL not a log queue or no such partition, and
  * the storage's own. */
 WR_API uint32_t wr_queue_partitions(const struct wr_queue *q);
+/* Grows log queue q to count partitions in all (Kafka's CreatePartitions: count is the new
+ * total, not how many to add). The new partitions are empty; publishes hash over the new
+ * count from now on, and offset readers see them at once. A queue kept in the definitions
+ * store is recorded again with its new count. Errors: WR_EINVAL not a log, count not above
+ * wr_queue_partitions(q), or a storage without add_partitions; WR_ENOTFOUND deleted; the
+ * storage's and the definitions store's own. On an error the partitions the storage made
+ * stay (they are on disk, and the log keeps them at its next open), and
+ * wr_queue_partitions(q) counts them. */
+WR_API int wr_queue_add_partitions(struct wr_queue *q, uint32_t count, struct wr_error *err);
 WR_API int wr_queue_append_batch(struct wr_queue *q, uint32_t partition, uint8_t *batch,
                                  size_t len, uint64_t *base_offset, struct wr_error *err);
 WR_API int wr_queue_read(struct wr_queue *q, uint32_t partition, uint64_t offset,

@@ -154,6 +154,16 @@ struct wr_storage_ops {
      * ListOffsets by time). WR_ENOTFOUND when every record is older. */
     int (*offset_for_time)(void *state, uint32_t partition, int64_t ts_ms, uint64_t *offset,
                            int64_t *timestamp);
+
+    /* Optional, log model: grows the log to count partitions (Kafka's CreatePartitions; a
+     * log never shrinks). The new ones start empty at offset 0, and their directories are
+     * durable once sync() calls back. count at or below what the log has changes nothing.
+     * *partitions gets how many the log has afterwards: more than args->partitions when it
+     * kept partitions it found on disk at open (a log that grew before a restart), and on an
+     * error the ones added before it stay. WR_EINVAL for more than the storage can hold.
+     * Without it, partitions cannot be added to an existing queue. */
+    int (*add_partitions)(void *state, uint32_t count, uint32_t *partitions,
+                          struct wr_error *err);
 };
 
 WR_END_DECLS

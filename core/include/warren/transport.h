@@ -1,7 +1,8 @@
 /*
  * transport.h: what a transport (wire protocol) plugin implements. A transport owns its
  * listening sockets, its connections and its codec, and drives the broker only through the
- * public API (broker.h). start runs once per configured listener.
+ * public API (broker.h). start runs once per configured listener; tcp.h has the socket
+ * plumbing (listening, accepting, a connection on the loop) that transports share.
  */
 #ifndef WARREN_TRANSPORT_H
 #define WARREN_TRANSPORT_H
@@ -11,6 +12,7 @@
 #include "warren/error.h"
 #include "warren/export.h"
 #include "warren/plugin.h"
+#include "warren/tcp.h"
 #include "warren/value.h"
 
 WR_BEGIN_DECLS

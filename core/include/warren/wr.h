@@ -18,6 +18,7 @@
 #include "warren/exchange.h"
 #include "warren/storage.h"
 #include "warren/fsync.h"
+#include "warren/recfile.h"
 #include "warren/transport.h"
 #include "warren/broker.h"
 #include "warren/server.h"
