@@ -1038,12 +1038,17 @@ static int produce(struct kf_conn *c, struct kf_reply *r, int16_t v,
         free(w);
         return WR_OK;
     }
-    if (appended && (w->sync = wr_broker_sync(kf_conn_broker(c), on_produce_synced, w))) {
+    /* acks=1 is the leader's own append, as in Kafka (the flush policy still syncs it soon);
+     * acks=-1 waits until the flush policy has made it durable. */
+    if (!appended || req->acks == 1) {
+        produce_answer(w, KF_ERR_NONE);
+        return WR_OK;
+    }
+    if ((w->sync = wr_broker_sync(kf_conn_broker(c), on_produce_synced, w))) {
         kf_reply_on_abort(r, on_produce_abort, w);
         return WR_OK;
     }
-    /* no sync barrier: out of memory */
-    produce_answer(w, appended ? KF_ERR_KAFKA_STORAGE_ERROR : KF_ERR_NONE);
+    produce_answer(w, KF_ERR_KAFKA_STORAGE_ERROR); /* no sync barrier: out of memory */
     return WR_OK;
 }
 
