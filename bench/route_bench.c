@@ -8,6 +8,12 @@
  *   direct-1000-keys        1,000 queues bound by distinct keys, random keys that all hit
  *   fanout-10-queues        10 queues on a fanout exchange
  *   topic-10000-bindings    10,000 `*` / `#` patterns over keys of 3-5 words
+ *   topic-10-queues         10 queues bound by "region.<i>.*", one reached per route: the
+ *                           topic exchange on the Lua cases' scale
+ *   lua-header-10-queues    a `lua` exchange whose script returns one header's value, the
+ *                           name of one of 10 queues
+ *   lua-json-field-10-queues  a `lua` exchange whose script decodes a JSON body of about
+ *                           100 bytes and returns one field, a queue name
  *   publish-direct-1-queue  wr_publish of one message into a memory queue, purged every
  *                           4,096 messages
  *   publish-new-msg-direct-1-queue  the same with a new message built for every publish
@@ -106,6 +112,26 @@ static void report(const char *name, uint64_t done, double secs, const char *det
     fprintf(stderr, "  %s: %llu in %.3f s; %s\n", name, (unsigned long long)done, secs, detail);
 }
 
+/* A message for the Lua cases: a header "queue" when queue is not NULL, and a body. */
+static struct wr_msg *make_lua_msg(const char *queue, const char *body)
+{
+    struct wr_table *h = wr_table_new();
+    struct wr_value v = wr_value_str(queue ? queue : "");
+    if (!h || (queue && wr_table_add(h, "queue", &v) != WR_OK))
+        die("headers", NULL);
+    struct wr_msg_init init = {0};
+    struct wr_error err = {0};
+    struct wr_msg *msg;
+    init.routing_key = wr_str_c("any.key");
+    init.headers = h;
+    init.body_ptr = body;
+    init.body_len = strlen(body);
+    if (wr_msg_new(&init, &msg, &err) != WR_OK)
+        die("wr_msg_new", &err);
+    wr_table_free(h);
+    return msg;
+}
+
 /* Routes msgs round-robin through ex for iters iterations or time_cap seconds. Returns the
  * iterations done; *reached gets the queues reached in total, *secs the time taken. */
 static uint64_t route_loop(struct wr_exchange *ex, struct wr_msg **msgs, uint64_t iters,
@@ -134,33 +160,52 @@ static void free_msgs(struct wr_msg **msgs)
         wr_msg_unref(msgs[i]);
 }
 
-static int bench_direct(struct wr_vhost *vh)
+/* Runs route_loop over msgs (then frees them) and reports case_name, checking that every
+ * route reached exactly one queue. */
+static int route_one_each(struct wr_exchange *ex, struct wr_msg **msgs, uint64_t iters,
+                          const char *case_name, const char *detail)
 {
-    enum { NQ = 1000 };
-    struct wr_exchange *ex = declare_exchange(vh, "bench.direct", "direct");
+    uint64_t reached;
+    double secs;
+    uint64_t n = route_loop(ex, msgs, iters / iter_div, &reached, &secs);
+    free_msgs(msgs);
+    if (reached != n) {
+        fprintf(stderr, "route_bench: %s reached %llu queues for %llu routes\n", case_name,
+                (unsigned long long)reached, (unsigned long long)n);
+        return 1;
+    }
+    report(case_name, n, secs, detail);
+    return 0;
+}
+
+/* An exchange of type with nq queues "<case>.q<i>", queue i bound by the key bind_fmt
+ * formats with i, and messages keyed by key_fmt with a random i: each route must reach one
+ * queue. */
+static int bench_one_per_route(struct wr_vhost *vh, const char *type, const char *case_name,
+                               int nq, const char *bind_fmt, const char *key_fmt,
+                               uint64_t iters, const char *detail)
+{
     char name[64];
-    for (int i = 0; i < NQ; i++) {
-        snprintf(name, sizeof name, "direct.q%d", i);
+    snprintf(name, sizeof name, "bench.%s", case_name);
+    struct wr_exchange *ex = declare_exchange(vh, name, type);
+    for (int i = 0; i < nq; i++) {
+        snprintf(name, sizeof name, "%s.q%d", case_name, i);
         struct wr_queue *q = declare_queue(vh, name);
-        snprintf(name, sizeof name, "orders.key.%d", i);
+        snprintf(name, sizeof name, bind_fmt, i);
         bind(ex, q, name);
     }
     static struct wr_msg *msgs[NMSGS];
     for (size_t i = 0; i < NMSGS; i++) {
-        snprintf(name, sizeof name, "orders.key.%u", rnd(NQ));
+        snprintf(name, sizeof name, key_fmt, rnd((uint32_t)nq));
         msgs[i] = make_msg(name, 0);
     }
-    uint64_t reached;
-    double secs;
-    uint64_t n = route_loop(ex, msgs, 50000000 / iter_div, &reached, &secs);
-    free_msgs(msgs);
-    if (reached != n) {
-        fprintf(stderr, "route_bench: direct reached %llu queues for %llu routes\n",
-                (unsigned long long)reached, (unsigned long long)n);
-        return 1;
-    }
-    report("direct-1000-keys", n, secs, "1 queue reached per route");
-    return 0;
+    return route_one_each(ex, msgs, iters, case_name, detail);
+}
+
+static int bench_direct(struct wr_vhost *vh)
+{
+    return bench_one_per_route(vh, "direct", "direct-1000-keys", 1000, "orders.key.%d",
+                               "orders.key.%u", 50000000, "1 queue reached per route");
 }
 
 static int bench_fanout(struct wr_vhost *vh)
@@ -264,6 +309,14 @@ static int bench_topic(struct wr_vhost *vh)
     return 0;
 }
 
+/* The topic exchange on the Lua cases' scale. */
+static int bench_topic_small(struct wr_vhost *vh)
+{
+    return bench_one_per_route(vh, "topic", "topic-10-queues", 10, "region.%d.*",
+                               "region.%u.new", 10000000,
+                               "10 bindings region.<i>.*, 1 queue reached per route");
+}
+
 /* Publishes into one memory queue through a direct exchange, purging every 4,096 messages
  * so memory stays bounded (dropping them is part of the cost). With fresh_msg, each publish
  * builds its message first (wr_msg_new copying a 100-byte body, then unref), as a transport
@@ -305,6 +358,72 @@ static int bench_publish(struct wr_vhost *vh, bool fresh_msg)
     return rc;
 }
 
+/* A `lua` exchange running script (written to dir/file) in its default mode, where the
+ * script returns queue names: nq queues "lua.qN" and messages from make(i) that each name one
+ * of them. One thread, as every case here: routes/s is per core. */
+static int bench_lua(struct wr_vhost *vh, const char *dir, const char *file, const char *script,
+                     struct wr_msg *(*make)(uint32_t queue), const char *name,
+                     const char *detail)
+{
+    enum { NQ = 10 };
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    FILE *f = fopen(path, "w");
+    if (!f || fputs(script, f) < 0 || fclose(f) != 0)
+        die("writing the Lua script", NULL);
+    struct wr_table *args = wr_table_new();
+    struct wr_value v = wr_value_str(path);
+    if (!args || wr_table_add(args, "script", &v) != WR_OK)
+        die("exchange arguments", NULL);
+    struct wr_exchange_decl decl = {.name = name, .type = "lua", .args = args};
+    struct wr_exchange *ex;
+    struct wr_error err = {0};
+    if (wr_exchange_declare(vh, &decl, &ex, &err) != WR_OK)
+        die("declare lua exchange", &err);
+    wr_table_free(args);
+    char qname[32];
+    for (int i = 0; i < NQ; i++) {
+        snprintf(qname, sizeof qname, "lua.q%d", i);
+        if (!wr_queue_find(vh, qname))
+            declare_queue(vh, qname);
+    }
+    static struct wr_msg *msgs[NMSGS];
+    for (size_t i = 0; i < NMSGS; i++)
+        msgs[i] = make(rnd(NQ));
+    return route_one_each(ex, msgs, 10000000, name, detail);
+}
+
+static struct wr_msg *lua_header_msg(uint32_t queue)
+{
+    char value[32];
+    snprintf(value, sizeof value, "lua.q%u", queue);
+    return make_lua_msg(value, "");
+}
+
+/* About 100 bytes of JSON, as a small business event; the script reads its "queue". */
+static struct wr_msg *lua_json_msg(uint32_t queue)
+{
+    char body[160];
+    snprintf(body, sizeof body,
+             "{\"id\": %u, \"kind\": \"invoice\", \"amount\": 129.95, \"currency\": "
+             "\"EUR\", \"queue\": \"lua.q%u\", \"tags\": [\"a\", \"b\"]}",
+             rnd(1000000), queue);
+    return make_lua_msg(NULL, body);
+}
+
+static int bench_lua_all(struct wr_vhost *vh, const char *dir)
+{
+    return bench_lua(vh, dir, "header.lua",
+                     "function route(msg) return msg.headers.queue end\n", lua_header_msg,
+                     "lua-header-10-queues",
+                     "route(msg) returns msg.headers.queue, 1 queue reached per route") ||
+           bench_lua(vh, dir, "json.lua",
+                     "function route(msg) return json.decode(msg.body).queue end\n",
+                     lua_json_msg, "lua-json-field-10-queues",
+                     "route(msg) returns json.decode(msg.body).queue, bodies of about 100 "
+                     "bytes, 1 queue reached per route");
+}
+
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st, (void)flag, (void)ftw;
@@ -334,15 +453,16 @@ int main(int argc, char **argv)
     if (wr_loop_new(&lp, &err) != WR_OK || wr_broker_new(lp, dir, &b, &err) != WR_OK)
         die("setup", &err);
     static const char *const dirs[] = {WR_BENCH_PLUGIN_DIR, NULL};
-    static const char *const exchanges[] = {"direct", "fanout", "topic", "headers"};
-    for (size_t i = 0; i < 4; i++)
+    static const char *const exchanges[] = {"direct", "fanout", "topic", "headers", "lua"};
+    for (size_t i = 0; i < 5; i++)
         if (wr_broker_load_plugin(b, exchanges[i], NULL, dirs, WR_PLUGIN_EXCHANGE, NULL, &err))
             die("load plugin", &err);
     if (wr_broker_load_plugin(b, "memory", NULL, dirs, WR_PLUGIN_STORAGE, NULL, &err) ||
         wr_vhost_add(b, "/", &vh, &err) != WR_OK)
         die("setup", &err);
 
-    int rc = bench_direct(vh) || bench_fanout(vh) || bench_topic(vh) ||
+    int rc = bench_direct(vh) || bench_fanout(vh) || bench_topic(vh) || bench_topic_small(vh) ||
+             bench_lua_all(vh, dir) ||
              bench_publish(vh, false) || bench_publish(vh, true);
 
     wr_broker_free(b);

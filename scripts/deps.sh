@@ -6,7 +6,8 @@
 # librdkafka and its Python binding, kafka-python and Go's Kafka clients).
 set -euo pipefail
 
-need=(cmake gcc make pkg-config python3 libyaml-dev libcriterion-dev zlib1g-dev)
+need=(cmake gcc make pkg-config python3 libyaml-dev libcriterion-dev zlib1g-dev liblua5.4-dev
+      lua-cjson-dev)
 if [ "${1:-}" = "--test" ]; then
   need+=(python3-pika amqp-tools librabbitmq-dev golang-go golang-github-rabbitmq-amqp091-go-dev
          rabbitmq-server

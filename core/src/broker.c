@@ -176,7 +176,7 @@ int wr_broker_user_add(struct wr_broker *b, const char *name, const char *passwo
     size_t n = 0;
     while (vhosts && vhosts[n])
         n++;
-    *u = (struct user){strdup(name), strdup(password), calloc(n + 1, sizeof(char *))};
+    *u = (struct user){strdup(name), strdup(password), calloc(n + 1, sizeof(char *)), false};
     bool ok = u->name && u->password && u->vhosts;
     for (size_t i = 0; ok && i < n; i++)
         ok = (u->vhosts[i] = strdup(vhosts[i])) != NULL;
@@ -205,6 +205,26 @@ bool wr_broker_user_may_access(const struct wr_broker *b, const char *user, cons
         if (strcmp(*v, vhost) == 0)
             return true;
     return false;
+}
+
+int wr_broker_user_allow_scripts(struct wr_broker *b, const char *user, bool allow,
+                                 struct wr_error *err)
+{
+    struct user *u = (struct user *)user_find(b, user);
+    if (!u)
+        return wr_error_set(err, WR_ENOTFOUND, "no user '%s'", user);
+    u->scripts = allow;
+    return WR_OK;
+}
+
+bool wr_broker_user_may_declare(const struct wr_broker *b, const char *user,
+                                const char *exchange_type)
+{
+    const struct wr_plugin_ctx *ctx = wr_broker_plugin(b, exchange_type, WR_PLUGIN_EXCHANGE);
+    if (!ctx || !HAS_OP(ctx->plugin->ops, struct wr_exchange_ops, runs_user_code))
+        return true;
+    const struct user *u = user_find(b, user);
+    return u && u->scripts;
 }
 
 /* ---- vhosts ------------------------------------------------------------------------- */

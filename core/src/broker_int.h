@@ -30,6 +30,7 @@ struct user {
     char *name;
     char *password;
     char **vhosts;       /* NULL-terminated */
+    bool scripts;        /* may declare exchanges that run user code */
 };
 
 struct wr_broker {

@@ -817,7 +817,7 @@ static const char *const queue_keys[] = {"name", "storage", "durable", "exclusiv
                                          "options", NULL};
 static const char *const binding_keys[] = {"exchange", "queue", "to_exchange", "key",
                                            "arguments", NULL};
-static const char *const user_keys[] = {"name", "password", "vhosts", NULL};
+static const char *const user_keys[] = {"name", "password", "vhosts", "lua_scripts", NULL};
 
 static int load_broker(struct wr_config *cfg, struct wr_error *err)
 {
@@ -1189,7 +1189,8 @@ static int load_users(struct wr_config *cfg, struct wr_error *err)
             if (!strcmp(cfg->users[j].name, u->name))
                 return duplicate(cfg, n, "user", u->name, cfg->users[j].node, err);
         if ((rc = need(cfg, m, "password", &n, err)) ||
-            (rc = read_str(cfg, n, &u->password, err)))
+            (rc = read_str(cfg, n, &u->password, err)) ||
+            (rc = opt_bool(cfg, m, "lua_scripts", &u->lua_scripts, err)))
             return rc;
         if (!(n = field(m, "vhosts"))) {
             /* No vhosts: a user who may log in nowhere, as RabbitMQ's new users. */
@@ -1525,6 +1526,15 @@ static int option_value(const struct wr_config *cfg, const struct cfg_node *n,
     return rc;
 }
 
+/* Whether schema has a WR_OPTION_ANY row: keys it does not name are taken as they are. */
+static bool takes_any(const struct wr_option *schema)
+{
+    for (const struct wr_option *opt = schema; opt && opt->name; opt++)
+        if (!strcmp(opt->name, WR_OPTION_ANY))
+            return true;
+    return false;
+}
+
 int cfg_options_table(const struct wr_config *cfg, const struct cfg_node *node,
                       const struct cfg_node *owner, const char *plugin,
                       const struct wr_option *schema, struct wr_table **out,
@@ -1545,9 +1555,21 @@ int cfg_options_table(const struct wr_config *cfg, const struct cfg_node *node,
         const struct wr_option *opt = schema;
         while (opt && opt->name && strcmp(opt->name, pr->key))
             opt++;
-        if (opt && opt->name) {
+        if (opt && opt->name && strcmp(opt->name, WR_OPTION_ANY)) {
             if (!is_null(&pr->value))
                 rc = option_value(cfg, &pr->value, opt, t, err);
+            continue;
+        }
+        if (takes_any(schema)) {
+            struct wr_value v;
+            struct wr_table *tab = NULL;
+            struct wr_array *arr = NULL;
+            if (!is_null(&pr->value) &&
+                !(rc = value_of(cfg, &pr->value, &v, &tab, &arr, err)) &&
+                wr_table_add(t, pr->key, &v))
+                rc = oom(err);
+            wr_table_free(tab);
+            wr_array_free(arr);
             continue;
         }
         char list[256] = "";
@@ -1739,6 +1761,8 @@ void wr_config_print(const struct wr_config *cfg, FILE *out)
                 cfg->users[i].vhosts[0] ? "vhosts" : "no vhosts");
         for (size_t j = 0; cfg->users[i].vhosts[j]; j++)
             fprintf(out, "%s%s", j ? ", " : " ", cfg->users[i].vhosts[j]);
+        if (cfg->users[i].lua_scripts)
+            fputs(", may declare Lua exchanges", out);
         fputc('\n', out);
     }
 }

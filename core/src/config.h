@@ -109,6 +109,7 @@ struct cfg_user {
     char *name;
     char *password;
     char **vhosts;               /* NULL-terminated */
+    bool lua_scripts;            /* may declare `lua` exchanges over AMQP; default false */
     const struct cfg_node *node;
 };
 

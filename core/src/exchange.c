@@ -59,7 +59,8 @@ const char *wr_binding_destination(const struct wr_binding *pub)
     return bd->q ? wr_queue_name(bd->q) : bd->dst->name;
 }
 
-void wr_route_add_queue(struct wr_route *r, struct wr_queue *q)
+/* wr_route_add_queue's body, static so wr_route_add's call is not made through the PLT. */
+static inline void route_add_queue(struct wr_route *r, struct wr_queue *q)
 {
     if (q->mark == r->epoch || q->deleted)
         return;
@@ -72,11 +73,13 @@ void wr_route_add_queue(struct wr_route *r, struct wr_queue *q)
     r->queues[r->n_queues++] = (struct route_q){q, r->cur};
 }
 
+void wr_route_add_queue(struct wr_route *r, struct wr_queue *q) { route_add_queue(r, q); }
+
 void wr_route_add(struct wr_route *r, const struct wr_binding *pub)
 {
     const struct binding *bd = (const struct binding *)pub;
     if (bd->q) {
-        wr_route_add_queue(r, bd->q);
+        route_add_queue(r, bd->q);
         return;
     }
     if (bd->dst->mark == r->epoch)

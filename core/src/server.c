@@ -82,8 +82,9 @@ static int load_plugins(struct wr_server *srv, const struct wr_config *cfg,
     for (size_t i = 0; rc == WR_OK && i < cfg->n_plugins; i++)
         rc = load(srv, cfg, cfg->plugins[i].node, cfg->plugins[i].name, cfg->plugins[i].path,
                   dirs, 0, err);
-    static const char *const builtin_exchanges[] = {"direct", "fanout", "topic", "headers"};
-    for (size_t i = 0; rc == WR_OK && i < 4; i++)
+    static const char *const builtin_exchanges[] = {"direct", "fanout", "topic", "headers",
+                                                    "lua"};
+    for (size_t i = 0; rc == WR_OK && i < 5; i++)
         rc = load(srv, cfg, &cfg->root, builtin_exchanges[i], NULL, dirs, WR_PLUGIN_EXCHANGE,
                   err);
     /* The storages AMQP declares map to by default (docs/storage.md): memory for transient
@@ -245,6 +246,8 @@ int wr_server_new(const struct wr_config *cfg, const struct wr_server_opts *opts
         const struct cfg_user *u = &cfg->users[i];
         rc = wr_broker_user_add(srv->b, u->name, u->password,
                                 (const char *const *)u->vhosts, err);
+        if (rc == WR_OK)
+            rc = wr_broker_user_allow_scripts(srv->b, u->name, u->lua_scripts, err);
         if (rc != WR_OK)
             rc = at(cfg, u->node, err, rc);
     }

@@ -903,6 +903,13 @@ static void exchange_declare(struct amqp_chan *ch, const struct amqp_method *m)
         return;
     struct wr_exchange *ex = wr_exchange_find(ch->conn->vhost, name);
     if (!ex) {
+        if (!wr_broker_user_may_declare(broker_of(ch), ch->conn->user, type)) {
+            fail(ch, AMQP_ACCESS_REFUSED, m->id,
+                 "user '%s' may not declare exchanges of type '%s', which run scripts "
+                 "(users: lua_scripts)",
+                 ch->conn->user, type);
+            return;
+        }
         if (reserved(name)) {
             fail(ch, AMQP_ACCESS_REFUSED, m->id,
                  "exchange name '%s' contains reserved prefix 'amq.*'", name);

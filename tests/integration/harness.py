@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -39,6 +40,33 @@ def wait_port(port, timeout=15.0, proc=None):
         except OSError:
             time.sleep(0.02)
     raise TimeoutError("nothing listens on 127.0.0.1:%d after %.0f s" % (port, timeout))
+
+
+def run_tests(argv, namespace, doc, n_args, run_one, on_alarm):
+    """A test script's command line: `--list` prints its tests; otherwise n_args arguments
+    for run_one, then the names of the tests to run (none: all of them). Every `test_*`
+    function in namespace is a test; run_one(name, fn, *args) runs one and returns True or
+    'pass' when it passed. on_alarm handles SIGALRM, each test's budget. Returns the exit
+    status."""
+    tests = {k: v for k, v in namespace.items() if k.startswith("test_") and callable(v)}
+    if argv[1:2] == ["--list"]:
+        print("\n".join(tests))
+        return 0
+    if len(argv) < 1 + n_args:
+        print(doc)
+        return 2
+    args, names = argv[1:1 + n_args], argv[1 + n_args:] or list(tests)
+    unknown = [n for n in names if n not in tests]
+    if unknown:
+        print("no such test: %s" % ", ".join(unknown))
+        return 2
+    signal.signal(signal.SIGALRM, on_alarm)
+    failed = 0
+    for name in names:
+        failed += run_one(name, tests[name], *args) not in (True, "pass")
+        sys.stdout.flush()
+    print("%d passed, %d failed" % (len(names) - failed, failed))
+    return 1 if failed else 0
 
 
 def wait_for(cond, timeout=10.0, what="condition"):

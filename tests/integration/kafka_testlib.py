@@ -20,7 +20,7 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Warren  # noqa: E402
+from harness import Warren, run_tests  # noqa: E402
 
 SANITIZER_REPORT = re.compile(r"ERROR: (Address|Leak)Sanitizer|runtime error:.*")
 TEST_BUDGET_S = 120     # the watchdog; a passing test takes seconds (group joins the most)
@@ -124,22 +124,4 @@ def run_one(name, fn, binary, plugin_dir):
 
 
 def main(argv, namespace, doc):
-    tests = {k: v for k, v in namespace.items() if k.startswith("test_") and callable(v)}
-    if argv[1:2] == ["--list"]:
-        print("\n".join(tests))
-        return 0
-    if len(argv) < 3:
-        print(doc)
-        return 2
-    names = argv[3:] or list(tests)
-    unknown = [n for n in names if n not in tests]
-    if unknown:
-        print("no such test: %s" % ", ".join(unknown))
-        return 2
-    signal.signal(signal.SIGALRM, on_alarm)
-    failed = 0
-    for name in names:
-        failed += run_one(name, tests[name], argv[1], argv[2]) == "fail"
-        sys.stdout.flush()
-    print("%d passed, %d failed" % (len(names) - failed, failed))
-    return 1 if failed else 0
+    return run_tests(argv, namespace, doc, 2, run_one, on_alarm)

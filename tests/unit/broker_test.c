@@ -530,6 +530,9 @@ Test(broker, users)
     cr_assert_not(wr_broker_authenticate(t.b, "bob", "secret"));
     cr_assert(wr_broker_user_may_access(t.b, "alice", "/"));
     cr_assert_not(wr_broker_user_may_access(t.b, "alice", "/other"));
+    cr_assert(wr_broker_user_may_declare(t.b, "alice", "direct"),
+              "types that run no user code need no permission");
+    cr_assert_eq(wr_broker_user_allow_scripts(t.b, "bob", true, &err), WR_ENOTFOUND);
 }
 
 Test(broker, message_fields_are_copied)

@@ -82,7 +82,7 @@ static const char full_yaml[] =
     "      - {exchange: amq.fanout, queue: plain}\n"
     "  - name: staging\n"
     "users:\n"
-    "  - {name: admin, password: s3cret, vhosts: [\"/\", staging]}\n"
+    "  - {name: admin, password: s3cret, vhosts: [\"/\", staging], lua_scripts: true}\n"
     "  - {name: reader, password: 1234}\n";
 
 Test(config, full_file_fills_every_field)
@@ -176,8 +176,10 @@ Test(config, full_file_fills_every_field)
     cr_assert_str_eq(cfg->users[0].vhosts[0], "/");
     cr_assert_str_eq(cfg->users[0].vhosts[1], "staging");
     cr_assert_null(cfg->users[0].vhosts[2]);
+    cr_assert(cfg->users[0].lua_scripts);
     cr_assert_str_eq(cfg->users[1].password, "1234", "a plain number is a fine password");
     cr_assert_null(cfg->users[1].vhosts[0], "no vhosts given: access to none");
+    cr_assert(!cfg->users[1].lua_scripts, "Lua exchanges are refused unless allowed");
     wr_config_free(cfg);
 }
 
@@ -217,7 +219,7 @@ Test(config, print_lists_the_topology)
                      "  queues: none\n"
                      "  bindings: none\n"
                      "users:\n"
-                     "  admin: vhosts /, staging\n"
+                     "  admin: vhosts /, staging, may declare Lua exchanges\n"
                      "  reader: no vhosts\n");
     cr_assert_null(strstr(text, "s3cret"), "passwords are never printed");
     free(text);
@@ -253,6 +255,7 @@ static void assert_defaults_but_listeners(const struct wr_config *cfg)
     cr_assert_str_eq(cfg->users[0].password, "guest");
     cr_assert_str_eq(cfg->users[0].vhosts[0], "/");
     cr_assert_null(cfg->users[0].vhosts[1]);
+    cr_assert(!cfg->users[0].lua_scripts, "the default guest may not declare Lua exchanges");
 }
 
 static void assert_defaults(const struct wr_config *cfg)
@@ -723,6 +726,24 @@ Test(config, user_unknown_vhost)
                  "vhosts)");
 }
 
+Test(config, user_lua_scripts_is_a_flag)
+{
+    expect_error("users: [{name: ann, password: x, lua_scripts: yes}]\n",
+                 "broken.yaml:1:47: users[0].lua_scripts: expected true or false, got 'yes'");
+    expect_error("users:\n"
+                 "  - name: ann\n"
+                 "    password: x\n"
+                 "    lua_scripts: [true]\n",
+                 "broken.yaml:4:18: users[0].lua_scripts: expected true or false, got a list");
+    expect_error("users: [{name: ann, password: x, lua-scripts: true}]\n",
+                 "broken.yaml:1:34: users[0].lua-scripts: unknown key (expected one of: name, "
+                 "password, vhosts, lua_scripts)");
+    struct wr_config *cfg = load_ok("x.yaml", "users: [{name: ann, password: x, "
+                                              "lua_scripts: false}]\n");
+    cr_assert(!cfg->users[0].lua_scripts);
+    wr_config_free(cfg);
+}
+
 Test(config, reserved_amq_names)
 {
     expect_error("vhosts:\n"
@@ -1019,6 +1040,46 @@ Test(config, options_table_absent_and_schemaless)
                  WR_EINVAL);
     cr_assert_str_eq(err.msg, "opts.yaml:2:47: listeners[1].options.x: unknown option (plugin "
                               "'t' takes no options)");
+    wr_config_free(cfg);
+}
+
+Test(config, options_any_row_takes_the_other_keys)
+{
+    static const struct wr_option any_schema[] = {
+        {"script", WR_OPT_STRING, true, "the Lua file"},
+        {"max_memory", WR_OPT_SIZE, false, "a cap"},
+        {WR_OPTION_ANY, WR_OPT_TABLE, false, "passed on"},
+        {NULL, 0, false, NULL},
+    };
+    struct wr_config *cfg = load_ok(
+        "any.yaml", "listeners: [{transport: t, port: 1, options: {script: s.lua, max_memory: "
+                    "1MiB, region: eu, weights: {a: 2}, hosts: [x, y], n: 3}}]\n");
+    struct wr_table *t = NULL;
+    struct wr_error err = {0};
+    cr_assert_eq(cfg_options_table(cfg, cfg->listeners[0].options, NULL, "lua", any_schema, &t,
+                                   &err),
+                 WR_OK, "%s", err.msg);
+    int64_t v = 0;
+    cr_assert(wr_table_get_int(t, "max_memory", &v));
+    cr_assert_eq(v, 1 << 20, "named rows keep their types");
+    const struct wr_value *x = wr_table_get(t, "region");
+    cr_assert(x && x->type == WR_V_STR && x->u.s.len == 2 && !memcmp(x->u.s.ptr, "eu", 2));
+    x = wr_table_get(t, "weights");
+    cr_assert(x && x->type == WR_V_TABLE, "a map becomes a table");
+    x = wr_table_get(t, "hosts");
+    cr_assert(x && x->type == WR_V_ARRAY, "a list becomes an array");
+    cr_assert(wr_table_get_int(t, "n", &v) && v == 3);
+    wr_table_free(t);
+    t = NULL;
+    /* The named rows are still checked. */
+    wr_config_free(cfg);
+    cfg = load_ok("any.yaml", "listeners: [{transport: t, port: 1, options: {script: [s], "
+                              "region: eu}}]\n");
+    cr_assert_eq(cfg_options_table(cfg, cfg->listeners[0].options, NULL, "lua", any_schema, &t,
+                                   &err),
+                 WR_EINVAL);
+    cr_assert_str_eq(err.msg, "any.yaml:1:55: listeners[0].options.script: expected a string, "
+                              "got a list");
     wr_config_free(cfg);
 }
 

@@ -103,6 +103,14 @@ WR_API bool wr_broker_authenticate(const struct wr_broker *b, const char *name,
 /* True when user may use vhost. */
 WR_API bool wr_broker_user_may_access(const struct wr_broker *b, const char *user,
                                       const char *vhost);
+/* Lets user (or not) declare exchanges whose type runs user code, such as `lua`: a script runs
+ * inside the broker, so users may not until allowed. WR_ENOTFOUND for an unknown user. */
+WR_API int wr_broker_user_allow_scripts(struct wr_broker *b, const char *user, bool allow,
+                                        struct wr_error *err);
+/* True when user may declare an exchange of exchange_type: always, unless the type runs user
+ * code and the user is not allowed to run scripts. */
+WR_API bool wr_broker_user_may_declare(const struct wr_broker *b, const char *user,
+                                       const char *exchange_type);
 
 /* ---- vhosts ------------------------------------------------------------------------ */
 

@@ -71,6 +71,9 @@ struct wr_exchange_ops {
     /* Set (to any non-zero value) when route must be called even while the exchange has no
      * bindings: it names queues itself with wr_route_add_queue. */
     uintptr_t route_unbound;
+    /* Set when the exchange runs code its declarer names (a script): a transport lets only
+     * users allowed to run scripts declare one (wr_broker_user_may_declare). */
+    uintptr_t runs_user_code;
 };
 
 WR_END_DECLS

@@ -52,6 +52,12 @@ struct wr_option {
     const char *doc; /* one line, shown by --help-plugin and in errors */
 };
 
+/* A schema row with this name takes every key no other row names, converted as binding
+ * arguments are (a scalar by its YAML form, a map to a table, a list to an array); its type
+ * and doc are not used. For a plugin that hands free-form settings on (the lua exchange
+ * passes them to its script's init). */
+#define WR_OPTION_ANY "*"
+
 struct wr_plugin {
     uint16_t abi_major;
     uint16_t abi_minor;
