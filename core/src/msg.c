@@ -156,3 +156,11 @@ size_t wr_msg_bytes_live(void)
 {
     return atomic_load_explicit(&bytes_live, memory_order_relaxed);
 }
+
+struct wr_str wr_msg_record_key(const struct wr_msg *msg)
+{
+    struct wr_str k;
+    if (wr_table_get_str(msg->headers, "x-kafka-key", &k.ptr, &k.len))
+        return k;
+    return msg->key.ptr ? msg->key : msg->routing_key;
+}

@@ -534,17 +534,45 @@ static void queue_expires_fire(struct wr_loop *lp, void *data)
     queue_destroy(q);
 }
 
-/* The partition a message goes to in a log of several: by its key, else its routing key
- * (FNV-1a), so one key's records stay in order. */
+/* Kafka's murmur2, as its Java client's default partitioner hashes a record key. */
+static uint32_t murmur2(const uint8_t *data, size_t len)
+{
+    const uint32_t m = 0x5bd1e995;
+    uint32_t h = 0x9747b28c ^ (uint32_t)len;
+    size_t i = 0;
+    for (; i + 4 <= len; i += 4) {
+        uint32_t k = wr_le32_get(data + i);
+        k *= m;
+        k ^= k >> 24;
+        k *= m;
+        h = h * m ^ k;
+    }
+    switch (len - i) {
+    case 3:
+        h ^= (uint32_t)data[i + 2] << 16;
+        /* fall through */
+    case 2:
+        h ^= (uint32_t)data[i + 1] << 8;
+        /* fall through */
+    case 1:
+        h ^= data[i];
+        h *= m;
+    }
+    h ^= h >> 13;
+    h *= m;
+    h ^= h >> 15;
+    return h;
+}
+
+/* The partition a message goes to in a log of several: its record key (wr_msg_record_key)
+ * hashed as Kafka's producers hash keys (murmur2, sign bit cleared, modulo the partitions),
+ * so one key's records stay in order and land where a Kafka producer would put them. */
 static uint32_t log_partition(const struct wr_queue *q, const struct wr_msg *msg)
 {
     if (q->partitions <= 1)
         return 0;
-    const struct wr_str *k = msg->key.ptr ? &msg->key : &msg->routing_key;
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < k->len; i++)
-        h = (h ^ (uint8_t)k->ptr[i]) * 16777619u;
-    return h % q->partitions;
+    struct wr_str k = wr_msg_record_key(msg);
+    return (murmur2((const uint8_t *)k.ptr, k.len) & 0x7fffffff) % q->partitions;
 }
 
 /* Appends to a log queue: one batch per message, durable as the storage's flush policy says

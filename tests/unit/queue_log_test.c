@@ -463,3 +463,48 @@ Test(queue_log, a_stream_grows_and_publishes_spread_over_its_new_partitions)
     cr_assert_eq(wr_queue_add_partitions(plain, 2, &err), WR_EINVAL);
     cr_assert(strstr(err.msg, "not a log"), "%s", err.msg);
 }
+
+/* Kafka's default partitioner: toPositive(murmur2(key)) % partitions. The hashes are those
+ * Kafka's UtilsTest checks murmur2 against; the partitions follow from them. */
+Test(queue_log, keys_pick_the_partition_a_kafka_producer_would)
+{
+    struct wr_queue *q = stream("s");
+    struct wr_error err = {0};
+    cr_assert_eq(wr_queue_add_partitions(q, 7, &err), WR_OK, "%s", err.msg);
+    static const struct {
+        const char *key;
+        int32_t murmur2;
+    } vectors[] = {
+        {"21", -973932308},
+        {"foobar", -790332482},
+        {"a-little-bit-long-string", -985981536},
+        {"abc", 479470107},
+    };
+    uint64_t want[7] = {0};
+    for (size_t i = 0; i < sizeof vectors / sizeof vectors[0]; i++) {
+        publish_keyed(vectors[i].key, "v");
+        uint32_t p = ((uint32_t)vectors[i].murmur2 & 0x7fffffff) % 7;
+        want[p]++;
+        for (uint32_t j = 0; j < 7; j++)
+            cr_assert_eq(records_in(q, j), want[j], "after key '%s': partition %u",
+                         vectors[i].key, j);
+    }
+
+    /* Without a key, the routing key is the record key; an x-kafka-key header beats both. */
+    struct wr_table *h = wr_table_new();
+    struct wr_value v = wr_value_str("abc");
+    cr_assert_eq(wr_table_add(h, "x-kafka-key", &v), WR_OK);
+    struct wr_msg_init init = {.routing_key = wr_str_c("21"), .key = wr_str_c("foobar"),
+                               .headers = h, .body_ptr = "v", .body_len = 1};
+    struct wr_msg *m = NULL;
+    cr_assert_eq(wr_msg_new(&init, &m, &err), WR_OK);
+    struct wr_str k = wr_msg_record_key(m);
+    cr_assert(k.len == 3 && !memcmp(k.ptr, "abc", 3));
+    wr_msg_unref(m);
+    wr_table_free(h);
+    init = (struct wr_msg_init){.routing_key = wr_str_c("21"), .body_ptr = "v", .body_len = 1};
+    cr_assert_eq(wr_msg_new(&init, &m, &err), WR_OK);
+    k = wr_msg_record_key(m);
+    cr_assert(k.len == 2 && !memcmp(k.ptr, "21", 2));
+    wr_msg_unref(m);
+}

@@ -127,6 +127,11 @@ static inline const uint8_t *wr_msg_body(const struct wr_msg *msg, size_t *len)
     return wr_slice_ptr(&msg->body);
 }
 
+/* The key of the log record made from msg, which also picks its partition: the header
+ * "x-kafka-key" when it is a string, else msg->key when present, else the routing key.
+ * Points into msg. */
+WR_API struct wr_str wr_msg_record_key(const struct wr_msg *msg);
+
 /* A message's metadata, everything but the body (exchange, routing key, key, timestamp,
  * properties, headers with their types), as bytes: the one encoding durable storages keep
  * on disk (docs/storage.md). Appends to out; oom on failure. */
