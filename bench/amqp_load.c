@@ -7,6 +7,12 @@
  *   e2e       a producer connection (its own thread) and a consumer connection at once.
  * Every run stops after --count messages or --time seconds, whichever comes first.
  *
+ * For bench/bridge_bench.sh, --existing works on a queue someone else owns (a log that Kafka
+ * consumers read, a queue a Kafka topic forwards into): it is neither declared nor deleted,
+ * and publish mode does not wait for its depth. consume --stamped reads messages another
+ * process on this machine sent (kafka_load): their stamps give end-to-end latency, as
+ * CLOCK_MONOTONIC is the machine's, and the rate counts from the first one's send time.
+ *
  * Each body starts with the CLOCK_MONOTONIC time it was sent and its sequence number; the
  * consumer, in the same process, subtracts that time from its own clock when the last byte of
  * the message has arrived, so e2e latency needs no clock sync. Latency is the send time to
@@ -70,6 +76,8 @@ struct options {
     double rate;         /* msgs/s; 0: as fast as possible */
     bool prefill;
     bool keep;
+    bool existing;       /* the queue is someone else's: no declare, delete or depth wait */
+    bool stamped;        /* consume: the bodies carry another process's send stamps */
 };
 
 /* Set by whichever side fails, so the other stops at its next check instead of at --time. */
@@ -488,8 +496,8 @@ static void producer_run(struct producer *p)
         if (!producer_read(p, WAIT_SLICE_US))
             goto out;
     }
-    if (o->mode != MODE_E2E && !queue_wait_depth(p->conn, o, p->published, p->deadline,
-                                                 &p->depth))
+    if (o->mode != MODE_E2E && !o->existing &&
+        !queue_wait_depth(p->conn, o, p->published, p->deadline, &p->depth))
         goto out;
 timed_out:
     p->t_end = now_ns();
@@ -603,6 +611,8 @@ static void consumer_run(struct consumer *c, uint64_t target, struct producer *p
         in_message = false;
         now = now_ns();
         c->t_last = now;
+        if (o->stamped && c->received == 0)
+            c->t_start = get_u64(stamp);
         if (c->lat_ns && body_got >= STAMP_LEN)
             c->lat_ns[c->received] = c->t_last - get_u64(stamp);
         c->wrong_size += body_got != o->size;
@@ -644,6 +654,8 @@ static bool queue_setup(amqp_connection_state_t conn, const struct options *o)
 {
     amqp_bytes_t name = amqp_cstring_bytes(o->queue);
 
+    if (o->existing && !o->prefill)
+        return true;
     if (o->mode == MODE_CONSUME && !o->prefill) {
         uint64_t depth = 0;
         return queue_depth(conn, o, "setup", &depth); /* drain what is there */
@@ -736,6 +748,8 @@ static void usage(FILE *f)
           " (100)\n"
           "  --prefill          consume mode: publish --count messages first (untimed)\n"
           "  --keep             leave the queue behind (it is deleted at the end otherwise)\n"
+          "  --existing         the queue exists: no declare, delete or depth wait\n"
+          "  --stamped          consume mode: latency from the bodies' stamps (another sender)\n"
           "  --host H (127.0.0.1) --port P (5672) --user U --password P (guest)"
           " --vhost V (/)\n"
           "  --queue NAME       (amqp_load)\n",
@@ -762,7 +776,8 @@ static bool parse_args(int argc, char **argv, struct options *o)
         {"auto-ack", 0, 0, 'a'},  {"ack-every", 1, 0, 'A'},  {"prefill", 0, 0, 'f'},
         {"keep", 0, 0, 'k'},      {"host", 1, 0, 'H'},       {"port", 1, 0, 'p'},
         {"user", 1, 0, 'u'},      {"password", 1, 0, 'x'},   {"vhost", 1, 0, 'v'},
-        {"queue", 1, 0, 'Q'},     {"help", 0, 0, 'h'},       {0, 0, 0, 0},
+        {"queue", 1, 0, 'Q'},     {"help", 0, 0, 'h'},       {"existing", 0, 0, 'E'},
+        {"stamped", 0, 0, 'S'},   {0, 0, 0, 0},
     };
     uint64_t v = 0;
     int ch, which = 0;
@@ -792,6 +807,8 @@ static bool parse_args(int argc, char **argv, struct options *o)
         case 'A': ok = parse_u64(optarg, 1, 65535, &v); o->ack_every = (uint32_t)v; break;
         case 'f': o->prefill = true; break;
         case 'k': o->keep = true; break;
+        case 'E': o->existing = true; break;
+        case 'S': o->stamped = true; break;
         case 'H': o->host = optarg; break;
         case 'p': ok = parse_u64(optarg, 1, 65535, &v); o->port = (int)v; break;
         case 'u': o->user = optarg; break;
@@ -810,6 +827,10 @@ static bool parse_args(int argc, char **argv, struct options *o)
     }
     if (strlen(o->queue) > 255) {
         fprintf(stderr, "amqp_load: --queue: a queue name has at most 255 bytes\n");
+        return false;
+    }
+    if (o->stamped && o->mode != MODE_CONSUME) {
+        fprintf(stderr, "amqp_load: --stamped is for consume mode\n");
         return false;
     }
     if (optind < argc) {
@@ -870,7 +891,7 @@ int main(int argc, char **argv)
     if (o.mode == MODE_PUBLISH) {
         complete = p.published == o.count;
     } else {
-        if (o.mode == MODE_E2E) {
+        if (o.mode == MODE_E2E || o.stamped) {
             c.lat_ns = malloc(o.count * sizeof *c.lat_ns);
             if (!c.lat_ns) {
                 fprintf(stderr, "amqp_load: out of memory for %" PRIu64 " latencies\n", o.count);
@@ -906,7 +927,7 @@ int main(int argc, char **argv)
                 c.wrong_size, o.size);
         rc = 1;
     }
-    if (!o.keep) {
+    if (!o.keep && !o.existing) {
         amqp_queue_delete(c.conn, CHANNEL, amqp_cstring_bytes(o.queue), 0, 0);
         if (!rpc_ok(c.conn, "cleanup", "queue.delete"))
             rc = 1;

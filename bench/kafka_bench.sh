@@ -19,24 +19,9 @@ set -euo pipefail
 self="$(realpath "$0")"
 cd "$(dirname "$self")/.."
 
-build=build-release
-args=()
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --build-dir) build="$2"; shift 2 ;;
-    --runs|--out|--case) args+=("$1" "$2"); shift 2 ;;
-    --quick) args+=("$1"); shift ;;
-    -h|--help) sed -n '2,/^set /s/^# \{0,1\}//p' "$self"; exit 0 ;;
-    *) echo "kafka_bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
-  esac
-done
-
-echo "== build ($build, Release)"
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DWARREN_TESTS=OFF >/dev/null
-cmake --build "$build" -j"$(nproc)" >"$build/kafka_bench-build.log" 2>&1 ||
-  { echo "kafka_bench: the build failed (see $build/kafka_bench-build.log)" >&2; exit 1; }
-[ -x "$build/bench/kafka_load" ] ||
-  { echo "kafka_bench: no kafka_load (apt-get install librdkafka-dev)" >&2; exit 1; }
+. bench/benchlib.sh
+bench_args kafka_bench "$@"
+bench_build kafka_bench kafka_load
 
 exec /usr/bin/python3 - "$build" "${args[@]}" <<'PY'
 import os

@@ -19,6 +19,11 @@
  * Each record's value starts with the CLOCK_MONOTONIC time it was produced and its sequence
  * number. The delivery report gives the ack latency (produce call to broker acknowledgement);
  * in e2e and latency modes the consumer, in the same process, gives the end-to-end latency.
+ * consume --stamped reads records another process on this machine is producing into a fresh
+ * topic (amqp_load publishing into a log, for bench/bridge_bench.sh): CLOCK_MONOTONIC is the
+ * machine's, so it gives their end-to-end latency too, and its rate counts from the first
+ * record's send time. With --rate (the producer's pace) it takes them record by record, as
+ * latency mode does.
  *
  * Output: one JSON line on stdout and one line for people on stderr. Exit status: 0 complete,
  * 1 error (connection, delivery error, a record of the wrong size), 2 cut short by --time.
@@ -62,6 +67,7 @@ struct options {
     double rate;         /* records/s; 0: as fast as possible */
     int linger_ms;
     bool idempotence;
+    bool stamped;        /* consume: the values carry another process's send stamps */
 };
 
 /* What a run measured. The producer side is written by the delivery-report callback, which
@@ -156,7 +162,8 @@ static rd_kafka_t *client_new(rd_kafka_type_t type, struct run *r)
              set(conf, "enable.auto.commit", "false", r) &&
              set(conf, "enable.auto.offset.store", "false", r) &&
              set(conf, "fetch.wait.max.ms",
-                 r->opt.mode == MODE_LATENCY ? FETCH_WAIT_LATENCY_MS : "100", r) &&
+                 r->opt.mode == MODE_LATENCY || (r->opt.stamped && r->opt.rate > 0)
+                     ? FETCH_WAIT_LATENCY_MS : "100", r) &&
              set(conf, "queued.min.messages", "1000000", r) &&
              set(conf, "max.partition.fetch.bytes", "4194304", r) &&
              set(conf, "fetch.max.bytes", "52428800", r);
@@ -347,7 +354,8 @@ static void consume(struct run *r, rd_kafka_t *rk, rd_kafka_queue_t *q)
     rd_kafka_message_t *batch[CONSUME_BATCH];
     uint64_t end = now_ns() + (uint64_t)(r->opt.time_limit * 1e9);
     bool e2e = r->opt.mode != MODE_CONSUME;
-    bool one_by_one = r->opt.mode == MODE_LATENCY;
+    bool stamped = e2e || r->opt.stamped;
+    bool one_by_one = r->opt.mode == MODE_LATENCY || (r->opt.stamped && r->opt.rate > 0);
     r->first_consume_ns = now_ns();
     while (r->consumed < r->opt.count && !atomic_load(&failed)) {
         uint64_t t = now_ns();
@@ -378,8 +386,10 @@ static void consume(struct run *r, rd_kafka_t *rk, rd_kafka_queue_t *q)
             } else if (get64((const unsigned char *)m->payload + 8) == WARMUP_SEQ) {
                 atomic_store(&warmed_up, true);   /* not measured */
             } else if (r->consumed < r->opt.count) {
-                if (e2e)
+                if (stamped)
                     r->e2e_us[r->consumed] = micros(t - get64(m->payload));
+                if (r->opt.stamped && r->consumed == 0)
+                    r->first_consume_ns = get64(m->payload);
                 r->consumed++;
                 r->bytes_consumed += m->len;
                 r->last_consume_ns = t;
@@ -431,7 +441,8 @@ static void report(struct run *r, bool complete)
            o->rate, (uint64_t)atomic_load(&r->produced), r->delivered, r->consumed, prate, pmb,
            crate, cmb);
     print_latency(stdout, "ack_latency_us", r->ack_us, r->delivered);
-    print_latency(stdout, "latency_us", r->e2e_us, o->mode != MODE_CONSUME ? r->consumed : 0);
+    print_latency(stdout, "latency_us", r->e2e_us,
+                  o->mode != MODE_CONSUME || o->stamped ? r->consumed : 0);
     printf(",\"complete\":%s,\"error\":\"%s\"}\n", complete ? "true" : "false", r->error);
     fprintf(stderr, "kafka_load %s acks=%s %zu B: produced %.0f rec/s (%.1f MB/s), consumed "
             "%.0f rec/s (%.1f MB/s)%s%s\n", mode_names[o->mode], o->acks, o->size, prate, pmb,
@@ -444,7 +455,7 @@ static void usage(FILE *f)
         "usage: kafka_load [--brokers HOST:PORT] [--topic NAME]\n"
         "                  [--mode produce|consume|e2e|latency] [--acks 0|1|all]\n"
         "                  [--idempotence] [--size BYTES] [--count N] [--time SECONDS]\n"
-        "                  [--rate RECORDS_PER_S] [--linger-ms MS]\n"
+        "                  [--rate RECORDS_PER_S] [--linger-ms MS] [--stamped]\n"
         "--mode latency needs --rate; pass --linger-ms 0 unless the linger is to be measured\n");
 }
 
@@ -456,7 +467,7 @@ static bool parse(int argc, char **argv, struct options *o)
         {"idempotence", no_argument, 0, 'i'}, {"size", required_argument, 0, 's'},
         {"count", required_argument, 0, 'c'}, {"time", required_argument, 0, 'T'},
         {"rate", required_argument, 0, 'r'}, {"linger-ms", required_argument, 0, 'l'},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+        {"stamped", no_argument, 0, 'S'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     *o = (struct options){.brokers = "127.0.0.1:9092", .topic = "kafka-load", .acks = "1",
                           .mode = MODE_E2E, .size = 100, .count = 1000000, .time_limit = 30,
@@ -468,6 +479,7 @@ static bool parse(int argc, char **argv, struct options *o)
         case 't': o->topic = optarg; break;
         case 'a': o->acks = optarg; break;
         case 'i': o->idempotence = true; break;
+        case 'S': o->stamped = true; break;
         case 's': o->size = strtoull(optarg, NULL, 10); break;
         case 'c': o->count = strtoull(optarg, NULL, 10); break;
         case 'T': o->time_limit = strtod(optarg, NULL); break;
@@ -488,7 +500,8 @@ static bool parse(int argc, char **argv, struct options *o)
     }
     return optind == argc && o->size >= STAMP_LEN && o->size <= MAX_SIZE && o->count > 0 &&
            o->count <= MAX_COUNT && o->time_limit > 0 && o->rate >= 0 && o->linger_ms >= 0 &&
-           (o->mode != MODE_LATENCY || o->rate > 0);
+           (o->mode != MODE_LATENCY || o->rate > 0) &&
+           (!o->stamped || o->mode == MODE_CONSUME);
 }
 
 int main(int argc, char **argv)

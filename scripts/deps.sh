@@ -7,6 +7,7 @@
 set -euo pipefail
 
 need=(cmake gcc make pkg-config python3 libyaml-dev libcriterion-dev zlib1g-dev liblua5.4-dev
+      libsnappy-dev liblz4-dev libzstd-dev
       lua-cjson-dev)
 if [ "${1:-}" = "--test" ]; then
   need+=(python3-pika amqp-tools librabbitmq-dev golang-go golang-github-rabbitmq-amqp091-go-dev

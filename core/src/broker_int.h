@@ -63,6 +63,8 @@ struct wr_broker {
     bool alarm_deferred;
     /* definitions.c */
     struct definitions *defs;    /* the durable topology store; NULL: not open */
+    /* forward.c */
+    bool forward_stopped;        /* shutdown began: forwarders start no new round */
 };
 
 struct wr_vhost {
@@ -157,6 +159,8 @@ struct wr_queue {
     /* definitions.c */
     struct wr_table *options;    /* the storage options it was declared with */
     char *dir;                   /* its storage's directory (wr_storage_args.dir) */
+    /* forward.c */
+    struct forward *forward;     /* log queues with forward_to: the forwarder; else NULL */
 };
 
 /* plugin.c */
@@ -232,6 +236,15 @@ int definitions_queue_declared(struct wr_queue *q, struct wr_error *err);
 int definitions_queue_deleted(struct wr_queue *q, struct wr_error *err);
 int definitions_bound(const struct binding *bd, struct wr_error *err);
 int definitions_unbound(const struct binding *bd, struct wr_error *err);
+
+/* forward.c: a log queue's forward_to (docs/storage.md#forwarding). forward_start makes q's
+ * forwarder: it publishes every record of q to the exchange named exchange, partition by
+ * partition in offset order, from the offsets recorded in q's directory. It goes with q.
+ * WR_EINVAL (not a log), WR_EIO/WR_EPROTO (the offsets file), WR_ENOMEM. */
+int forward_start(struct wr_queue *q, const char *exchange, struct wr_error *err);
+/* At shutdown, before sync_drain: no new publishes, so the drain ends with every forwarder's
+ * offsets recorded for what it published. */
+void forward_stop_all(struct wr_broker *b);
 
 /* alarm.c */
 /* After a publish: raises the memory alarm if live message bytes crossed the watermark. */

@@ -814,7 +814,7 @@ static const char *const queue_keys[] = {"name", "storage", "durable", "exclusiv
                                          "auto_delete", "max_length", "max_length_bytes",
                                          "overflow", "partitions", "message_ttl", "expires",
                                          "dead_letter_exchange", "dead_letter_routing_key",
-                                         "options", NULL};
+                                         "forward_to", "options", NULL};
 static const char *const binding_keys[] = {"exchange", "queue", "to_exchange", "key",
                                            "arguments", NULL};
 static const char *const user_keys[] = {"name", "password", "vhosts", "lua_scripts", NULL};
@@ -1009,8 +1009,14 @@ static int load_queue(struct wr_config *cfg, const struct cfg_node *m, struct cf
     if ((n = field(m, "dead_letter_routing_key")) &&
         (rc = read_str(cfg, n, &q->dead_letter_routing_key, err)))
         return rc;
+    if ((q->forward_to_node = field(m, "forward_to")) &&
+        (rc = read_str(cfg, q->forward_to_node, &q->forward_to, err)))
+        return rc;
     return opt_map(cfg, m, "options", &q->options, err);
 }
+
+static int check_exchange_ref(const struct wr_config *cfg, const struct cfg_vhost *vh,
+                              const struct cfg_node *n, const char *name, struct wr_error *err);
 
 static int load_queues(struct wr_config *cfg, const struct cfg_node *sec, struct cfg_vhost *vh,
                        struct wr_error *err)
@@ -1037,6 +1043,11 @@ static int load_queues(struct wr_config *cfg, const struct cfg_node *sec, struct
             if (!strcmp(vh->queues[j].name, q->name))
                 return duplicate(cfg, n, "queue", q->name, vh->queues[j].node, err);
         rc = load_queue(cfg, m, q, err);
+        /* Records go to an exchange of this vhost; the default exchange "" is one too (it
+         * routes by the record key to the queue of that name). Whether the queue is a log
+         * is known once its storage plugin is loaded (server.c). */
+        if (!rc && q->forward_to && *q->forward_to)
+            rc = check_exchange_ref(cfg, vh, q->forward_to_node, q->forward_to, err);
     }
     return rc;
 }
@@ -1329,6 +1340,7 @@ void wr_config_free(struct wr_config *cfg)
             free(vh->queues[j].storage);
             free(vh->queues[j].dead_letter_exchange);
             free(vh->queues[j].dead_letter_routing_key);
+            free(vh->queues[j].forward_to);
         }
         free(vh->queues);
         for (size_t j = 0; j < vh->n_bindings; j++) {
@@ -1714,6 +1726,8 @@ static void print_vhost(FILE *out, const struct cfg_vhost *vh)
             fprintf(out, ", dead_letter_exchange \"%s\"", q->dead_letter_exchange);
         if (q->dead_letter_routing_key)
             fprintf(out, ", dead_letter_routing_key \"%s\"", q->dead_letter_routing_key);
+        if (q->forward_to)
+            fprintf(out, ", forward_to \"%s\"", q->forward_to);
         print_options(out, "options", q->options);
         fputc('\n', out);
     }

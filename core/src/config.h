@@ -79,6 +79,8 @@ struct cfg_queue {
     int64_t expires_ms;          /* -1: none */
     char *dead_letter_exchange;  /* NULL: none */
     char *dead_letter_routing_key;
+    char *forward_to;            /* log queues: the exchange records are forwarded to; NULL: none */
+    const struct cfg_node *forward_to_node;
     const struct cfg_node *options; /* map or NULL */
     const struct cfg_node *node;
 };

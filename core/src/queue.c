@@ -564,13 +564,19 @@ static uint32_t murmur2(const uint8_t *data, size_t len)
     return h;
 }
 
-/* The partition a message goes to in a log of several: its record key (wr_msg_record_key)
- * hashed as Kafka's producers hash keys (murmur2, sign bit cleared, modulo the partitions),
- * so one key's records stay in order and land where a Kafka producer would put them. */
+/* The partition a message goes to in a log of several: the one its "x-kafka-partition"
+ * header names, when that is an integer below the partition count (a routing script's
+ * choice); else its record key (wr_msg_record_key) hashed as Kafka's producers hash keys
+ * (murmur2, sign bit cleared, modulo the partitions), so one key's records stay in order
+ * and land where a Kafka producer would put them. */
 static uint32_t log_partition(const struct wr_queue *q, const struct wr_msg *msg)
 {
     if (q->partitions <= 1)
         return 0;
+    int64_t chosen;
+    if (wr_table_get_int(msg->headers, "x-kafka-partition", &chosen) && chosen >= 0 &&
+        chosen < (int64_t)q->partitions)
+        return (uint32_t)chosen;
     struct wr_str k = wr_msg_record_key(msg);
     return (murmur2((const uint8_t *)k.ptr, k.len) & 0x7fffffff) % q->partitions;
 }

@@ -148,6 +148,13 @@ static int declare_vhost(struct wr_server *srv, const struct wr_config *cfg,
     }
     for (size_t i = 0; i < cv->n_queues; i++) {
         const struct cfg_queue *cq = &cv->queues[i];
+        /* Forwarding reads records by offset: only a log has them. */
+        const struct wr_storage_ops *ops =
+            wr_broker_plugin(srv->b, cq->storage, WR_PLUGIN_STORAGE)->plugin->ops;
+        if (cq->forward_to && ops->model != WR_STORAGE_LOG)
+            return cfg_error(cfg, cq->forward_to_node, err, "forward_to needs a queue on a "
+                             "log-model storage (such as log), but storage '%s' is of the "
+                             "queue model", cq->storage);
         struct wr_table *opts;
         rc = plugin_options(srv, cfg, cq->options, cq->node, cq->storage, &opts, err);
         if (rc != WR_OK)
@@ -187,6 +194,25 @@ static int declare_vhost(struct wr_server *srv, const struct wr_config *cfg,
         wr_table_free(args);
         if (rc != WR_OK)
             return at(cfg, cb->node, err, rc);
+    }
+    return WR_OK;
+}
+
+/* The forwarders of the config's log queues with forward_to; after the stored definitions,
+ * which may have grown their partitions. */
+static int start_forwarding(struct wr_server *srv, const struct wr_config *cfg,
+                            struct wr_error *err)
+{
+    for (size_t v = 0; v < cfg->n_vhosts; v++) {
+        const struct cfg_vhost *cv = &cfg->vhosts[v];
+        struct wr_vhost *vh = wr_vhost_find(srv->b, cv->name);
+        for (size_t i = 0; i < cv->n_queues; i++) {
+            const struct cfg_queue *cq = &cv->queues[i];
+            struct wr_queue *q = cq->forward_to ? wr_queue_find(vh, cq->name) : NULL;
+            int rc = q ? forward_start(q, cq->forward_to, err) : WR_OK;
+            if (rc != WR_OK)
+                return at(cfg, cq->forward_to_node, err, rc);
+        }
     }
     return WR_OK;
 }
@@ -256,6 +282,8 @@ int wr_server_new(const struct wr_config *cfg, const struct wr_server_opts *opts
     if (rc == WR_OK && !opts->no_listeners)
         rc = definitions_open(srv->b, err);
     if (rc == WR_OK && !opts->no_listeners)
+        rc = start_forwarding(srv, cfg, err);
+    if (rc == WR_OK && !opts->no_listeners)
         rc = start_listeners(srv, cfg, err);
     if (rc != WR_OK) {
         wr_server_free(srv);
@@ -290,6 +318,9 @@ int wr_server_run(struct wr_server *srv, struct wr_error *err)
                (int)getpid());
         rc = wr_loop_run(srv->lp, err);
     }
+    /* Forwarding publishes nothing new from here, so the drain ends with its offsets
+     * recorded for all it published. */
+    forward_stop_all(srv->b);
     if (rc == WR_OK) /* a second SIGTERM or SIGINT cuts this short */
         sync_drain(srv->b, SHUTDOWN_DRAIN_MS);
     wr_loop_signal_del(srv->lp, SIGTERM, on_stop_signal, srv);

@@ -5,7 +5,6 @@
  */
 #include "batch.h"
 
-#include <assert.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,6 +192,13 @@ void lb_set_base_offset(uint8_t *p, uint64_t base)
     put_be64(p, base);
 }
 
+void lb_reframe(uint8_t *p, size_t len, uint16_t attributes)
+{
+    put_be32(p + LB_LENGTH_OFFSET, (uint32_t)(len - LB_LOG_OVERHEAD));
+    put_be16(p + 21, attributes);
+    put_be32(p + CRC_OFFSET, lb_crc32c(0, p + CRC_START, len - CRC_START));
+}
+
 /* ---- varints ------------------------------------------------------------------------- */
 
 static size_t varint_size(int64_t v)
@@ -283,22 +289,31 @@ static uint8_t *put_blob(uint8_t *p, const void *src, int64_t len)
     return p;
 }
 
-/* Appends msg as record offset_delta; its metadata is already encoded in meta. */
-static int encode_record(struct wr_bytes *out, const struct wr_msg *msg, size_t offset_delta,
-                         int64_t timestamp_delta, const struct wr_bytes *meta,
-                         struct wr_error *err)
+void lb_header_put(struct wr_bytes *out, const void *name, size_t name_len, const void *value,
+                   size_t value_len)
 {
-    static const char meta_name[] = LB_META_HEADER;
-    const size_t meta_name_len = sizeof meta_name - 1;
-    int64_t key_len = msg->key.ptr ? (int64_t)msg->key.len : -1;
+    int64_t vlen = value ? (int64_t)value_len : -1;
+    if (name_len > INT32_MAX || value_len > INT32_MAX) {
+        out->oom = true; /* no record can hold it */
+        return;
+    }
+    uint8_t *p = wr_bytes_grow(out, blob_size((int64_t)name_len) + blob_size(vlen));
+    if (p)
+        put_blob(put_blob(p, name, (int64_t)name_len), value, vlen);
+}
+
+int lb_record_put(struct wr_bytes *out, size_t offset_delta, int64_t timestamp_delta,
+                  struct wr_str key, struct wr_str value, const struct wr_bytes *headers,
+                  uint32_t count, struct wr_error *err)
+{
+    int64_t key_len = key.ptr ? (int64_t)key.len : -1;
+    int64_t value_len = value.ptr ? (int64_t)value.len : -1;
     uint64_t size = 1 + varint_size(timestamp_delta) + varint_size((int64_t)offset_delta) +
-                    blob_size(key_len) + blob_size((int64_t)msg->body.len) + varint_size(1) +
-                    blob_size((int64_t)meta_name_len) + blob_size((int64_t)meta->len);
-    if (key_len > INT32_MAX || msg->body.len > INT32_MAX || meta->len > INT32_MAX ||
-        size > INT32_MAX)
+                    blob_size(key_len) + blob_size(value_len) + varint_size(count) +
+                    headers->len;
+    if (key.len > INT32_MAX || value.len > INT32_MAX || size > INT32_MAX)
         return wr_error_set(err, WR_EINVAL,
-                            "message of %zu bytes is too large for a Kafka record",
-                            msg->body.len);
+                            "message of %zu bytes is too large for a Kafka record", value.len);
     uint8_t *p = wr_bytes_grow(out, varint_size((int64_t)size) + size);
     if (!p)
         return wr_error_set(err, WR_ENOMEM, "out of memory encoding a record batch");
@@ -306,67 +321,27 @@ static int encode_record(struct wr_bytes *out, const struct wr_msg *msg, size_t 
     *p++ = 0; /* attributes */
     p += put_varint(p, timestamp_delta);
     p += put_varint(p, (int64_t)offset_delta);
-    p = put_blob(p, msg->key.ptr, key_len);
-    p = put_blob(p, wr_slice_ptr(&msg->body), (int64_t)msg->body.len);
-    p += put_varint(p, 1);
-    p = put_blob(p, meta_name, (int64_t)meta_name_len);
-    put_blob(p, meta->p, (int64_t)meta->len);
+    p = put_blob(p, key.ptr, key_len);
+    p = put_blob(p, value.ptr, value_len);
+    p += put_varint(p, count);
+    if (headers->len)
+        memcpy(p, headers->p, headers->len);
     return WR_OK;
 }
 
-int lb_encode_msgs(struct wr_bytes *out, struct wr_msg *const *msgs, size_t n,
-                   struct wr_error *err)
+void lb_batch_finish(uint8_t *p, size_t len, uint32_t count, int64_t base_ts, int64_t max_ts)
 {
-    if (n == 0 || n - 1 > INT32_MAX)
-        return wr_error_set(err, WR_EINVAL, "a record batch holds 1 to 2^31 messages, not %zu",
-                            n);
-    size_t start = out->len;
-    if (!wr_bytes_grow(out, LB_HEADER_SIZE))
-        return wr_error_set(err, WR_ENOMEM, "out of memory encoding a record batch");
-    /* Kafka producers take the first record's timestamp as the base; the deltas are signed
-     * and wrap like the decoder's sum, so any timestamp comes back as it went in. */
-    int64_t base_ts = msgs[0]->timestamp_ms;
-    int64_t max_ts = base_ts;
-    struct wr_bytes meta = {0};
-    int rc = WR_OK;
-    for (size_t i = 0; i < n && rc == WR_OK; i++) {
-        const struct wr_msg *msg = msgs[i];
-        if (msg->timestamp_ms > max_ts)
-            max_ts = msg->timestamp_ms;
-        meta.len = 0;
-        wr_msg_meta_encode(&meta, msg);
-        if (meta.oom)
-            rc = wr_error_set(err, WR_ENOMEM, "out of memory encoding message metadata");
-        else
-            rc = encode_record(out, msg, i,
-                               (int64_t)((uint64_t)msg->timestamp_ms - (uint64_t)base_ts),
-                               &meta, err);
-    }
-    wr_bytes_free(&meta);
-    if (rc == WR_OK && out->len - start - LB_LOG_OVERHEAD > INT32_MAX)
-        rc = wr_error_set(err, WR_EINVAL, "record batch of %zu bytes is larger than 2 GiB",
-                          out->len - start);
-    if (rc != WR_OK) {
-        if (!out->oom)
-            out->len = start;
-        return rc;
-    }
-    uint8_t *h = out->p + start;
-    size_t len = out->len - start;
-    put_be64(h, 0);
-    put_be32(h + 8, (uint32_t)(len - LB_LOG_OVERHEAD));
-    put_be32(h + 12, UINT32_MAX);                 /* partitionLeaderEpoch: none */
-    h[MAGIC_OFFSET] = 2;
-    put_be16(h + 21, 0);                          /* attributes: uncompressed, CreateTime */
-    put_be32(h + 23, (uint32_t)(n - 1));
-    put_be64(h + 27, (uint64_t)base_ts);
-    put_be64(h + 35, (uint64_t)max_ts);
-    put_be64(h + 43, UINT64_MAX);                 /* producerId, Epoch, baseSequence: none */
-    put_be16(h + 51, UINT16_MAX);
-    put_be32(h + 53, UINT32_MAX);
-    put_be32(h + 57, (uint32_t)n);
-    put_be32(h + CRC_OFFSET, lb_crc32c(0, h + CRC_START, len - CRC_START));
-    return WR_OK;
+    put_be64(p, 0);
+    put_be32(p + 12, UINT32_MAX);                 /* partitionLeaderEpoch: none */
+    p[MAGIC_OFFSET] = 2;
+    put_be32(p + 23, count - 1);
+    put_be64(p + 27, (uint64_t)base_ts);
+    put_be64(p + 35, (uint64_t)max_ts);
+    put_be64(p + 43, UINT64_MAX);                 /* producerId, Epoch, baseSequence: none */
+    put_be16(p + 51, UINT16_MAX);
+    put_be32(p + 53, UINT32_MAX);
+    put_be32(p + 57, count);
+    lb_reframe(p, len, 0);                        /* attributes: uncompressed, CreateTime */
 }
 
 /* ---- walking records ----------------------------------------------------------------- */
@@ -475,130 +450,4 @@ int lb_header_next(const struct lb_record *r, const uint8_t **pos, const uint8_t
         return WR_EPROTO;
     *pos = c.p;
     return 1;
-}
-
-/* ---- records as messages ------------------------------------------------------------- */
-
-/* A slice of buf for the bytes at p (NULL: an empty body). */
-static struct wr_slice slice_of(struct wr_buf *buf, const uint8_t *p, int32_t len)
-{
-    if (!p || len <= 0)
-        return (struct wr_slice){0};
-    assert(p >= buf->data && p + len <= buf->data + buf->len);
-    return (struct wr_slice){buf, (size_t)(p - buf->data), (size_t)len};
-}
-
-/* Adds a Kafka header to t. A table's names are C strings, so a name holding a NUL byte is
- * cut there. */
-static int add_kafka_header(struct wr_table *t, const uint8_t *name, int32_t name_len,
-                            const uint8_t *value, int32_t value_len)
-{
-    char small[128];
-    char *cname = (size_t)name_len < sizeof small ? small : malloc((size_t)name_len + 1);
-    if (!cname)
-        return WR_ENOMEM;
-    memcpy(cname, name, (size_t)name_len);
-    cname[name_len] = '\0';
-    struct wr_value v = {.type = WR_V_VOID};
-    if (value) {
-        v.type = WR_V_BYTES;
-        v.u.s.ptr = (const char *)value;
-        v.u.s.len = (size_t)value_len;
-    }
-    int rc = wr_table_add(t, cname, &v);
-    if (cname != small)
-        free(cname);
-    return rc;
-}
-
-/* The message a Kafka producer's record stands for: key and routing key the record key,
- * headers as bytes, no exchange. */
-static int kafka_record_msg(struct wr_buf *buf, const struct lb_record *r,
-                            struct wr_table *headers, struct wr_msg **out,
-                            struct wr_error *err)
-{
-    const uint8_t *pos = NULL, *name, *value;
-    int32_t name_len, value_len;
-    int rc;
-    while ((rc = lb_header_next(r, &pos, &name, &name_len, &value, &value_len)) == 1)
-        if (add_kafka_header(headers, name, name_len, value, value_len) != WR_OK)
-            return wr_error_set(err, WR_ENOMEM, "out of memory for record headers");
-    if (rc != 0)
-        return wr_error_set(err, WR_EPROTO, "malformed headers in the record at offset %llu",
-                            (unsigned long long)r->offset);
-    struct wr_str key = {(const char *)r->key, r->key ? (size_t)r->key_len : 0};
-    struct wr_value offset = wr_value_i64((int64_t)r->offset);
-    if (wr_table_set(headers, "x-stream-offset", &offset) != WR_OK)
-        return wr_error_set(err, WR_ENOMEM, "out of memory for record headers");
-    struct wr_msg_init init = {
-        .routing_key = key.ptr ? key : wr_str_c(""),
-        .key = key,
-        .headers = headers,
-        .body = slice_of(buf, r->value, r->value_len),
-        .body_ptr = "",
-        .timestamp_ms = r->timestamp,
-    };
-    return wr_msg_new(&init, out, err);
-}
-
-/* The message warren encoded into a record: its metadata, the record value as its body, and
- * x-stream-offset added to its headers. Messages are immutable, so the decoded one lends its
- * fields to a second one that carries the extra header. */
-static int warren_record_msg(struct wr_buf *buf, const struct lb_record *r,
-                             const uint8_t *meta, int32_t meta_len, struct wr_msg **out,
-                             struct wr_error *err)
-{
-    struct wr_msg *decoded = NULL;
-    int rc = wr_msg_meta_decode(meta, (size_t)meta_len, (struct wr_slice){0}, &decoded, err);
-    if (rc != WR_OK) {
-        wr_error_wrap(err, "record at offset %llu", (unsigned long long)r->offset);
-        return rc;
-    }
-    struct wr_table *headers = wr_table_dup(decoded->headers);
-    struct wr_value offset = wr_value_i64((int64_t)r->offset);
-    if (!headers || wr_table_set(headers, "x-stream-offset", &offset) != WR_OK) {
-        wr_table_free(headers);
-        wr_msg_unref(decoded);
-        return wr_error_set(err, WR_ENOMEM, "out of memory for record headers");
-    }
-    struct wr_msg_init init = {
-        .exchange = decoded->exchange,
-        .routing_key = decoded->routing_key,
-        .key = decoded->key,
-        .headers = headers,
-        .props = &decoded->props,
-        .body = slice_of(buf, r->value, r->value_len),
-        .body_ptr = "",
-        .timestamp_ms = decoded->timestamp_ms,
-    };
-    rc = wr_msg_new(&init, out, err);
-    wr_table_free(headers);
-    wr_msg_unref(decoded);
-    return rc;
-}
-
-int lb_record_msg(struct wr_buf *buf, const struct lb_record *r, struct wr_msg **out,
-                  struct wr_error *err)
-{
-    const uint8_t *pos = NULL, *name, *value;
-    int32_t name_len, value_len;
-    int rc;
-    while ((rc = lb_header_next(r, &pos, &name, &name_len, &value, &value_len)) == 1)
-        if (name_len == sizeof LB_META_HEADER - 1 &&
-            memcmp(name, LB_META_HEADER, sizeof LB_META_HEADER - 1) == 0)
-            break;
-    if (rc < 0)
-        return wr_error_set(err, WR_EPROTO, "malformed headers in the record at offset %llu",
-                            (unsigned long long)r->offset);
-    if (rc == 1 && !value)
-        return wr_error_set(err, WR_EPROTO, "record at offset %llu: null %s header",
-                            (unsigned long long)r->offset, LB_META_HEADER);
-    if (rc == 1)
-        return warren_record_msg(buf, r, value, value_len, out, err);
-    struct wr_table *headers = wr_table_new();
-    if (!headers)
-        return wr_error_set(err, WR_ENOMEM, "out of memory for record headers");
-    rc = kafka_record_msg(buf, r, headers, out, err);
-    wr_table_free(headers);
-    return rc;
 }

@@ -62,13 +62,27 @@ int lb_check(const uint8_t *p, size_t len, struct lb_header *h, struct wr_error 
 /* Writes base into the batch's first 8 bytes (not covered by the CRC). */
 void lb_set_base_offset(uint8_t *p, uint64_t base);
 
-/* Encodes msgs[0..n) as one uncompressed batch with base offset 0 into out (appended):
- * record i has offset delta i, timestamp msgs[i]->timestamp_ms, key msg->key (null when
- * absent), value the body, and one header LB_META_HEADER whose value is
- * wr_msg_meta_encode(msg). producer_id -1, producer_epoch -1, base_sequence -1.
- * WR_ENOMEM, or WR_EINVAL for n == 0. */
-int lb_encode_msgs(struct wr_bytes *out, struct wr_msg *const *msgs, size_t n,
-                   struct wr_error *err);
+/* Makes the batch at p[0..len) whole again after its records or attributes changed: writes
+ * batchLength for len, the attributes, and the CRC. */
+void lb_reframe(uint8_t *p, size_t len, uint16_t attributes);
+
+/* Appends one record to out: offset_delta, timestamp_delta, key and value (ptr NULL: null),
+ * then count headers already framed in headers (lb_header_put). WR_EINVAL when a length
+ * passes 2^31, WR_ENOMEM. */
+int lb_record_put(struct wr_bytes *out, size_t offset_delta, int64_t timestamp_delta,
+                  struct wr_str key, struct wr_str value, const struct wr_bytes *headers,
+                  uint32_t count, struct wr_error *err);
+
+/* Fills in the fixed fields of the uncompressed batch at p[0..len) whose count records
+ * (lb_record_put) follow its LB_HEADER_SIZE bytes: base offset 0, no leader epoch,
+ * producer_id -1, producer_epoch -1, base_sequence -1, CreateTime timestamps base_ts and
+ * max_ts, batchLength and CRC. */
+void lb_batch_finish(uint8_t *p, size_t len, uint32_t count, int64_t base_ts, int64_t max_ts);
+
+/* Appends one record header to out as a record frames it: name, then value (NULL: a null
+ * value). Sets out->oom when memory runs out or a length passes 2^31. */
+void lb_header_put(struct wr_bytes *out, const void *name, size_t name_len, const void *value,
+                   size_t value_len);
 
 /* One record of an uncompressed batch, pointing into the batch's bytes. */
 struct lb_record {
@@ -88,7 +102,7 @@ struct lb_record {
  * record (the CRC passed, so the producer wrote it wrong). The first call checks every
  * record (framing, headers, increasing offsets within lastOffsetDelta, exactly record_count
  * of them filling the batch), so a malformed batch fails before any record is returned.
- * Compressed batches are WR_EPROTO: their records are not readable without decompressing. */
+ * Compressed batches are WR_EPROTO: lb_decompress (compress.h) makes them readable. */
 int lb_record_next(const uint8_t *batch, size_t len, const uint8_t **pos,
                    struct lb_record *r, struct wr_error *err);
 
@@ -96,13 +110,5 @@ int lb_record_next(const uint8_t *batch, size_t len, const uint8_t **pos,
  * NULL for a null value), 0 after the last, WR_EPROTO if malformed. */
 int lb_header_next(const struct lb_record *r, const uint8_t **pos, const uint8_t **name,
                    int32_t *name_len, const uint8_t **value, int32_t *value_len);
-
-/* Builds the message of record r of a batch held in buf (r points into buf->data): when the
- * record has an LB_META_HEADER header, the message it encodes, else one with key r->key,
- * body r->value, timestamp r->timestamp and each header as a WR_V_BYTES header field. The
- * body is a slice of buf (no copy). Adds the header "x-stream-offset" = r->offset (WR_V_I64)
- * as RabbitMQ streams do. WR_EPROTO, WR_ENOMEM. */
-int lb_record_msg(struct wr_buf *buf, const struct lb_record *r, struct wr_msg **out,
-                  struct wr_error *err);
 
 #endif

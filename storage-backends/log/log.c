@@ -34,6 +34,8 @@
 
 #include "batch.h"
 #include "compact.h"
+#include "compress.h"
+#include "record.h"
 #include "segment.h"
 
 #define LG_DEFAULT_SEGMENT_BYTES (1ll << 30)
@@ -326,9 +328,39 @@ static int lg_read(void *state, uint32_t partition, uint64_t offset, size_t max_
     return WR_OK;
 }
 
+/* The most bytes the records of one compressed batch may inflate to: the broker's
+ * max_message_size, read each time as the configuration may change. */
+static size_t lg_inflate_limit(const struct lg_log *l)
+{
+    uint64_t max = wr_broker_max_message_size(wr_plugin_ctx_broker(l->ctx));
+    return max > SIZE_MAX ? SIZE_MAX : (size_t)max;
+}
+
+/* Decodes the records at or after *next of the uncompressed batch at batch[0..len), which
+ * lies in buf, into out. */
+static int lg_decode_batch(struct wr_buf *buf, const uint8_t *batch, size_t len,
+                           uint64_t *next, struct wr_log_entry *out, size_t max, size_t *n,
+                           struct wr_error *err)
+{
+    const uint8_t *pos = NULL;
+    struct lb_record r;
+    int more = 0;
+    while (*n < max && (more = lb_record_next(batch, len, &pos, &r, err)) == 1) {
+        if (r.offset < *next)
+            continue;
+        struct wr_msg *msg = NULL;
+        int rc = lb_record_msg(buf, &r, &msg, err);
+        if (rc != WR_OK)
+            return rc;
+        out[(*n)++] = (struct wr_log_entry){r.offset, msg};
+        *next = r.offset + 1;
+    }
+    return *n == max || more >= 0 ? WR_OK : more;
+}
+
 /* Decodes the records at or after *next of the batches in buf into out. */
-static int lg_decode(struct wr_buf *buf, uint64_t *next, struct wr_log_entry *out, size_t max,
-                     size_t *n, struct wr_error *err)
+static int lg_decode(const struct lg_log *l, struct wr_buf *buf, uint64_t *next,
+                     struct wr_log_entry *out, size_t max, size_t *n, struct wr_error *err)
 {
     for (size_t at = 0; at + LB_HEADER_SIZE <= buf->len && *n < max;) {
         struct lb_header h;
@@ -343,23 +375,22 @@ static int lg_decode(struct wr_buf *buf, uint64_t *next, struct wr_log_entry *ou
             *next = after;
             continue;
         }
-        const uint8_t *pos = NULL;
-        struct lb_record r;
-        int more;
-        while (*n < max && (more = lb_record_next(batch, len, &pos, &r, err)) == 1) {
-            if (r.offset < *next)
-                continue;
-            struct wr_msg *msg = NULL;
-            int rc = lb_record_msg(buf, &r, &msg, err);
+        int rc;
+        if (h.attributes & LB_ATTR_COMPRESSION) {
+            /* The messages take references on the decompressed copy, not on buf. */
+            struct wr_buf *plain = NULL;
+            rc = lb_decompress(batch, len, lg_inflate_limit(l), &plain, err);
             if (rc != WR_OK)
-                return rc;
-            out[(*n)++] = (struct wr_log_entry){r.offset, msg};
-            *next = r.offset + 1;
+                wr_error_wrap(err, "log storage: batch at offset %llu",
+                              (unsigned long long)h.base_offset);
+            else
+                rc = lg_decode_batch(plain, plain->data, plain->len, next, out, max, n, err);
+            wr_buf_unref(plain);
+        } else {
+            rc = lg_decode_batch(buf, batch, len, next, out, max, n, err);
         }
-        if (*n == max)
-            return WR_OK;
-        if (more < 0)
-            return more;
+        if (rc != WR_OK || *n == max)
+            return rc;
         *next = after;
     }
     return WR_OK;
@@ -392,7 +423,7 @@ static int lg_read_msgs(void *state, uint32_t partition, uint64_t offset,
         if (rc == WR_OK) {
             buf->len = len;
             uint64_t before = next;
-            rc = lg_decode(buf, &next, out, max, n, err);
+            rc = lg_decode(l, buf, &next, out, max, n, err);
             if (rc == WR_OK && next == before)
                 next = base + 1; /* cannot happen with whole batches; never loop */
         }
@@ -401,6 +432,21 @@ static int lg_read_msgs(void *state, uint32_t partition, uint64_t offset,
     if (rc != WR_OK && *n > 0)
         return WR_OK; /* give what was decoded; the next call meets the error */
     return rc;
+}
+
+/* The first record at or after `from` of the batch at p[0..len) whose timestamp is >= ts. */
+static bool lg_time_in_batch(const uint8_t *p, size_t len, uint64_t from, int64_t ts,
+                             uint64_t *offset, int64_t *timestamp)
+{
+    const uint8_t *rp = NULL;
+    struct lb_record r;
+    while (lb_record_next(p, len, &rp, &r, NULL) == 1)
+        if (r.offset >= from && r.timestamp >= ts) {
+            *offset = r.offset;
+            *timestamp = r.timestamp;
+            return true;
+        }
+    return false;
 }
 
 /* The first record at or after `from` in the batches of s from pos whose timestamp is >= ts.
@@ -419,21 +465,20 @@ static int lg_time_scan(struct lg_log *l, struct ls_seg *s, uint64_t pos, uint64
             p = ls_reader_at(&l->reader, pos, len, &ioerr);
             if (!p)
                 return WR_EIO;
-            const uint8_t *rp = NULL;
-            struct lb_record r;
-            int more;
-            while ((more = lb_record_next(p, len, &rp, &r, NULL)) == 1) {
-                if (r.offset >= from && r.timestamp >= ts) {
-                    *offset = r.offset;
-                    *timestamp = r.timestamp;
-                    return WR_OK;
-                }
-            }
-            if (more < 0) { /* compressed: the batch is as close as we can point */
+            struct wr_buf *plain = NULL;
+            bool found;
+            if (!(h.attributes & LB_ATTR_COMPRESSION))
+                found = lg_time_in_batch(p, len, from, ts, offset, timestamp);
+            else if (lb_decompress(p, len, lg_inflate_limit(l), &plain, NULL) == WR_OK)
+                found = lg_time_in_batch(plain->data, plain->len, from, ts, offset, timestamp);
+            else { /* undecodable (read_msgs tells why): the batch is as close as we get */
                 *offset = h.base_offset > from ? h.base_offset : from;
                 *timestamp = h.max_timestamp;
-                return WR_OK;
+                found = true;
             }
+            wr_buf_unref(plain);
+            if (found)
+                return WR_OK;
         }
         pos += len;
     }

@@ -7,6 +7,9 @@
     with Warren(bin, plugin_dir, kafka=True) as w:
         w.kafka_port    # a Kafka listener too, on its own free port
 
+    with Warren(bin, plugin_dir, config_file="examples/hybrid.yaml", cwd=src) as w:
+        ...             # that config's listeners on free loopback ports (see config_file)
+
 Run under /usr/bin/python3 (Debian's client libraries live there). The broker is stopped by
 its PID with SIGTERM; a broker that does not exit in 10 s is killed and the test fails.
 """
@@ -89,18 +92,34 @@ class Warren:
 
     The listener asks for port 0 and the port is read from warren's "listening on" log
     line, so parallel tests cannot race for a port. The temporary directory (config, data,
-    log) is removed at stop, after a failing exit has printed the log."""
+    log) is removed at stop, after a failing exit has printed the log.
+
+    config_file instead runs a config of one's own (the other config arguments are ignored):
+    its data_dir becomes the temporary directory's, its plugin_dirs plugin_dir, and each of
+    its listeners (one flow mapping a line, `- {transport: ..., port: N, ...}`) listens on
+    127.0.0.1, port 0; port and kafka_port are those of its amqp091 and kafka listeners, if
+    it has them. cwd is warren's working directory, against which the config's relative
+    paths (Lua scripts) are resolved."""
 
     def __init__(self, binary, plugin_dir, extra_yaml="", broker_yaml="", amqp_options=None,
                  env=None, kafka=False,
-                 kafka_options="{auto_create_topics: true, group_initial_rebalance_delay: 0}"):
+                 kafka_options="{auto_create_topics: true, group_initial_rebalance_delay: 0}",
+                 config_file=None, cwd=None):
         self.binary = binary
         self.plugin_dir = plugin_dir
         self.port = None
+        self.amqp = True
         self.kafka = kafka
         self.kafka_port = None
+        self.cwd = cwd
         self.dir = tempfile.mkdtemp(prefix="warren-it-")
         self.config = os.path.join(self.dir, "warren.yaml")
+        self.logfile = open(os.path.join(self.dir, "warren.log"), "w+")
+        self.env = dict(os.environ, **(env or {}))
+        self.proc = None
+        if config_file:
+            self._rewrite(config_file)
+            return
         opts = (", options: %s" % amqp_options) if amqp_options else ""
         kafka_listener = ("  - {transport: kafka, host: 127.0.0.1, port: 0%s}\n"
                           % (", options: %s" % kafka_options if kafka_options else "")
@@ -111,9 +130,21 @@ class Warren:
                     % (os.path.join(self.dir, "data"), plugin_dir,
                        "".join("  %s\n" % l for l in broker_yaml.splitlines() if l),
                        0, opts, kafka_listener, extra_yaml))
-        self.logfile = open(os.path.join(self.dir, "warren.log"), "w+")
-        self.env = dict(os.environ, **(env or {}))
-        self.proc = None
+
+    def _rewrite(self, config_file):
+        """Writes config_file as the config, on loopback port 0 and this directory's data."""
+        def listener(m):
+            fields = re.sub(r"\s*\b(host|port): [^,}]*,?", "", m.group(2)).rstrip(", ")
+            return "%s{host: 127.0.0.1, port: 0, %s}" % (m.group(1), fields)
+        with open(os.path.join(self.cwd or ".", config_file)) as f:
+            text = f.read()
+        text = re.sub(r"(?m)^(\s*data_dir:).*$", r"\1 " + os.path.join(self.dir, "data"), text)
+        text = re.sub(r"(?m)^(\s*plugin_dirs:).*$", r"\1 [%s]" % self.plugin_dir, text)
+        text = re.sub(r"(?m)^(\s*- )\{(.*\btransport: .*)\}\s*$", listener, text)
+        self.amqp = "transport: amqp091" in text
+        self.kafka = "transport: kafka" in text
+        with open(self.config, "w") as f:
+            f.write(text)
 
     def start(self):
         """Starts warren (again, after stop: on the same data directory, on a new port)."""
@@ -121,14 +152,14 @@ class Warren:
         since = self.logfile.tell()  # this run's part of the log
         self.port = self.kafka_port = None
         self.proc = subprocess.Popen([self.binary, self.config], stdout=self.logfile,
-                                     stderr=subprocess.STDOUT, env=self.env)
+                                     stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd)
         deadline = time.monotonic() + 15
-        while self.port is None or (self.kafka and self.kafka_port is None):
+        while (self.amqp and self.port is None) or (self.kafka and self.kafka_port is None):
             run_log = self.log()[since:]
             m = re.search(r"amqp091.*listening on 127\.0\.0\.1:(\d+)", run_log)
             k = re.search(r"kafka.*listening on 127\.0\.0\.1:(\d+)", run_log)
-            if m and (k or not self.kafka):
-                self.port = int(m.group(1))
+            if (m or not self.amqp) and (k or not self.kafka):
+                self.port = int(m.group(1)) if m else None
                 self.kafka_port = int(k.group(1)) if k else None
             elif self.proc.poll() is not None:
                 raise RuntimeError("warren exited with status %d before listening:\n%s"
@@ -138,7 +169,8 @@ class Warren:
                 raise TimeoutError("warren did not log its listening ports within 15 s")
             else:
                 time.sleep(0.01)
-        wait_port(self.port, proc=self.proc)
+        if self.amqp:
+            wait_port(self.port, proc=self.proc)
         if self.kafka:
             wait_port(self.kafka_port, proc=self.proc)
         return self

@@ -418,7 +418,7 @@ Test(config, unknown_key)
                  "broken.yaml:1:39: vhosts[0].queues[0].ttl: unknown key (expected one of: "
                  "name, storage, durable, exclusive, auto_delete, max_length, max_length_bytes, "
                  "overflow, partitions, message_ttl, expires, dead_letter_exchange, "
-                 "dead_letter_routing_key, options)");
+                 "dead_letter_routing_key, forward_to, options)");
 }
 
 Test(config, wrong_type)
@@ -615,6 +615,43 @@ Test(config, bad_ttl_expiry_and_dead_letter_values)
     expect_error("broker:\n  memory_high_watermark: 40%\n",
                  "broken.yaml:2:26: broker.memory_high_watermark: expected a size such as 64MiB "
                  "(bytes, or a unit: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), got '40%'");
+}
+
+Test(config, forward_to_names_an_exchange_of_the_vhost)
+{
+    struct wr_config *cfg = load_ok("fw.yaml",
+                                    "vhosts:\n"
+                                    "  - name: /\n"
+                                    "    exchanges: [{name: fx, type: topic}]\n"
+                                    "    queues:\n"
+                                    "      - {name: a, storage: log, forward_to: fx}\n"
+                                    "      - {name: b, storage: log, forward_to: amq.topic}\n"
+                                    "      - {name: c, storage: log, forward_to: \"\"}\n"
+                                    "      - {name: d, storage: log}\n");
+    const struct cfg_queue *q = cfg->vhosts[0].queues;
+    cr_assert_str_eq(q[0].forward_to, "fx");
+    cr_assert_eq(q[0].forward_to_node->mark.line, 5);
+    cr_assert_str_eq(q[1].forward_to, "amq.topic", "a predeclared exchange is one too");
+    cr_assert_str_eq(q[2].forward_to, "", "the default exchange routes by the record key");
+    cr_assert_null(q[3].forward_to);
+    char *text = print_to_string(cfg);
+    cr_assert_not_null(strstr(text, "    a: log, forward_to \"fx\"\n"), "%s", text);
+    free(text);
+    wr_config_free(cfg);
+
+    expect_error("vhosts: [{name: /, queues: [{name: a, storage: log, forward_to: fx}]}]\n",
+                 "broken.yaml:1:65: vhosts[0].queues[0].forward_to: no exchange 'fx' in vhost "
+                 "'/' (declare it under exchanges)");
+    expect_error("vhosts:\n"
+                 "  - name: /\n"
+                 "    exchanges: [{name: fx, type: topic}]\n"
+                 "  - name: other\n"
+                 "    queues: [{name: a, storage: log, forward_to: fx}]\n",
+                 "broken.yaml:5:50: vhosts[1].queues[0].forward_to: no exchange 'fx' in vhost "
+                 "'other' (declare it under exchanges)");
+    expect_error("vhosts: [{name: /, queues: [{name: a, storage: log, forward_to: [fx]}]}]\n",
+                 "broken.yaml:1:65: vhosts[0].queues[0].forward_to: expected a string, got a "
+                 "list");
 }
 
 Test(config, duplicate_names)

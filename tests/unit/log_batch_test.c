@@ -1,11 +1,14 @@
 /*
  * log_batch_test.c: the `log` storage's RecordBatch v2 codec (storage-backends/log/batch.c,
  * compiled in so its static CRC paths are reachable): CRC-32C vectors and the hardware and
- * software paths agreeing; messages encoded into batches and read back field for field; a
- * batch built byte by byte as a Kafka producer writes it; and broken input (truncations, bit
- * flips, corrupt varints behind a valid CRC, random mutations) that must fail cleanly.
+ * software paths agreeing; messages encoded into batches (record.c, compiled in too) and read
+ * back field for field; the Kafka headers an AMQP message's record carries, byte for byte; a
+ * batch built byte by byte as a Kafka producer writes it, its property-named headers becoming
+ * properties; and broken input (truncations, bit flips, corrupt varints behind a valid CRC,
+ * random mutations) that must fail cleanly.
  */
 #include "../../storage-backends/log/batch.c"
+#include "../../storage-backends/log/record.c"
 
 #include <criterion/criterion.h>
 
@@ -227,7 +230,10 @@ static void round_trip(struct wr_msg **msgs, size_t n, uint64_t base)
         cr_assert_lt(i, n, "more records than messages");
         cr_assert_eq(r.offset, base + i);
         cr_assert_eq(r.timestamp, msgs[i]->timestamp_ms);
-        cr_assert_eq(r.header_count, 1);
+        struct wr_str key = wr_msg_record_key(msgs[i]);
+        cr_assert_eq(r.key_len, (int32_t)key.len);
+        cr_assert(memcmp(r.key, key.ptr, key.len) == 0, "the record key");
+        cr_assert_geq(r.header_count, 1);
         struct wr_msg *got = NULL;
         cr_assert_eq(lb_record_msg(buf, &r, &got, &err), WR_OK, "%s", err.msg);
         cr_assert_eq(got->body.len ? got->body.buf : buf, buf, "the body is a slice");
@@ -406,7 +412,7 @@ Test(encode, one_mebibyte_body)
     free_msgs(msgs, 2);
 }
 
-Test(encode, absent_and_empty_key_on_the_wire)
+Test(encode, record_key_and_meta_header_on_the_wire)
 {
     struct wr_msg *msgs[3] = {test_msg(0, 0), test_msg(1, 0), test_msg(2, 0)};
     struct wr_bytes out = {0};
@@ -416,20 +422,21 @@ Test(encode, absent_and_empty_key_on_the_wire)
     const uint8_t *pos = NULL;
     struct lb_record r;
     cr_assert_eq(lb_record_next(buf->data, buf->len, &pos, &r, &err), 1, "%s", err.msg);
-    cr_assert_null(r.key, "absent key: null on the wire");
-    cr_assert_eq(r.key_len, -1);
+    cr_assert_eq(r.key_len, 8, "absent key: the routing key");
+    cr_assert(memcmp(r.key, "orders.0", 8) == 0);
     cr_assert_not_null(r.value, "an empty body is an empty value, not a tombstone");
     cr_assert_eq(r.value_len, 0);
     cr_assert_eq(lb_record_next(buf->data, buf->len, &pos, &r, &err), 1, "%s", err.msg);
-    cr_assert_not_null(r.key);
+    cr_assert_not_null(r.key, "an empty key is present and empty");
     cr_assert_eq(r.key_len, 0);
     cr_assert_eq(lb_record_next(buf->data, buf->len, &pos, &r, &err), 1, "%s", err.msg);
     cr_assert_eq(r.key_len, 11);
     cr_assert(memcmp(r.key, "customer-42", 11) == 0);
-    const uint8_t *hpos = NULL, *name, *value;
-    int32_t name_len, value_len;
-    cr_assert_eq(lb_header_next(&r, &hpos, &name, &name_len, &value, &value_len), 1);
-    cr_assert_eq(name_len, strlen(LB_META_HEADER));
+    const uint8_t *hpos = NULL, *name = NULL, *value = NULL;
+    int32_t name_len = 0, value_len = 0;
+    for (uint32_t i = 0; i < r.header_count; i++)
+        cr_assert_eq(lb_header_next(&r, &hpos, &name, &name_len, &value, &value_len), 1);
+    cr_assert_eq(name_len, strlen(LB_META_HEADER), "the metadata comes last");
     cr_assert(memcmp(name, LB_META_HEADER, (size_t)name_len) == 0);
     struct wr_bytes meta = {0};
     wr_msg_meta_encode(&meta, msgs[2]);
@@ -441,6 +448,197 @@ Test(encode, absent_and_empty_key_on_the_wire)
     wr_buf_unref(buf);
     wr_bytes_free(&out);
     free_msgs(msgs, 3);
+}
+
+/* ---- what a Kafka consumer sees of an AMQP message ----------------------------------- */
+
+struct kheader_bytes {
+    const char *name;
+    const char *value; /* NULL: a null value */
+    size_t len;
+};
+
+#define KH(n, v) {n, v, sizeof v - 1}
+
+/* The one record of msg's batch, in a buffer the caller frees. */
+static struct wr_buf *single_record(struct wr_msg *msg, struct lb_record *r)
+{
+    struct wr_bytes out = {0};
+    struct wr_error err = {0};
+    cr_assert_eq(lb_encode_msgs(&out, &msg, 1, &err), WR_OK, "%s", err.msg);
+    struct wr_buf *buf = buf_of(out.p, out.len);
+    wr_bytes_free(&out);
+    const uint8_t *pos = NULL;
+    cr_assert_eq(lb_record_next(buf->data, buf->len, &pos, r, &err), 1, "%s", err.msg);
+    return buf;
+}
+
+static void assert_record_key(struct wr_msg *msg, const char *want)
+{
+    struct lb_record r;
+    struct wr_buf *buf = single_record(msg, &r);
+    cr_assert_eq(r.key_len, (int32_t)strlen(want), "key of %s", want);
+    cr_assert(memcmp(r.key, want, strlen(want)) == 0, "key %s", want);
+    wr_buf_unref(buf);
+    wr_msg_unref(msg);
+}
+
+Test(kafka_view, every_property_and_header_type)
+{
+    struct wr_table *inner = wr_table_new(), *t = wr_table_new(), *h = wr_table_new();
+    struct wr_array *arr = wr_array_new();
+    cr_assert(inner && t && h && arr);
+    struct wr_value v = {.type = WR_V_BYTES, .u.s = {"x\\1", 3}};
+    cr_assert_eq(wr_table_add(inner, "b", &v), WR_OK);
+    v = (struct wr_value){.type = WR_V_TABLE, .u.table = inner};
+    cr_assert_eq(wr_array_add(arr, &v), WR_OK);
+    v = (struct wr_value){.type = WR_V_VOID};
+    cr_assert_eq(wr_array_add(arr, &v), WR_OK);
+    v = (struct wr_value){.type = WR_V_DOUBLE, .u.d = 0.1};
+    cr_assert_eq(wr_array_add(arr, &v), WR_OK);
+    v = wr_value_strn("say \"hi\"\n\x01", 10);
+    cr_assert_eq(wr_table_add(t, "s\"q", &v), WR_OK);
+    v = wr_value_i64(-5);
+    cr_assert_eq(wr_table_add(t, "n", &v), WR_OK);
+    v = wr_value_bool(false);
+    cr_assert_eq(wr_table_add(t, "f", &v), WR_OK);
+    v = (struct wr_value){.type = WR_V_DECIMAL, .u.dec = {4, 42}};
+    cr_assert_eq(wr_table_add(t, "d", &v), WR_OK);
+    v = (struct wr_value){.type = WR_V_ARRAY, .u.array = arr};
+    cr_assert_eq(wr_table_add(t, "a", &v), WR_OK);
+
+    struct wr_value vals[] = {
+        wr_value_str("text"),
+        {.type = WR_V_BYTES, .u.s = {"\0\xff", 2}},
+        wr_value_str(""),
+        {.type = WR_V_I8, .u.i = -128},
+        {.type = WR_V_U8, .u.i = 255},
+        {.type = WR_V_I16, .u.i = -32768},
+        {.type = WR_V_U16, .u.i = 65535},
+        {.type = WR_V_I32, .u.i = INT32_MIN},
+        {.type = WR_V_U32, .u.i = UINT32_MAX},
+        wr_value_i64(INT64_MIN),
+        {.type = WR_V_FLOAT, .u.d = (double)0.1f},
+        {.type = WR_V_DOUBLE, .u.d = 0.1},
+        {.type = WR_V_DOUBLE, .u.d = 1e300},
+        {.type = WR_V_DECIMAL, .u.dec = {2, 12345}},
+        {.type = WR_V_DECIMAL, .u.dec = {0, 7}},
+        wr_value_bool(true),
+        {.type = WR_V_TIMESTAMP, .u.i = 1700000000},
+        {.type = WR_V_VOID},
+        {.type = WR_V_TABLE, .u.table = t},
+        {.type = WR_V_ARRAY, .u.array = arr},
+    };
+    const char *names[] = {"str", "bytes", "empty", "i8", "u8", "i16", "u16", "i32", "u32",
+                           "i64", "float", "double", "big", "decimal", "decimal0", "bool",
+                           "ts", "void", "table", "array"};
+    for (size_t k = 0; k < sizeof vals / sizeof vals[0]; k++)
+        cr_assert_eq(wr_table_add(h, names[k], &vals[k]), WR_OK);
+    struct wr_props props = {
+        .flags = WR_PROP_DELIVERY_MODE | WR_PROP_PRIORITY | WR_PROP_TIMESTAMP | WR_PROP_HEADERS,
+        .content_type = wr_str_c("application/json"),
+        .content_encoding = wr_str_c("gzip"),
+        .delivery_mode = 2,
+        .priority = 9,
+        .correlation_id = wr_str_c("corr-1"),
+        .reply_to = wr_str_c("replies"),
+        .expiration = wr_str_c("60000"),
+        .message_id = wr_str_c("m-1"),
+        .timestamp = 1700000001,
+        .type = wr_str_c("order.created"),
+        .user_id = wr_str_c("guest"),
+        .app_id = wr_str_c("shop"),
+        .cluster_id = wr_str_c("c1"), /* not a Kafka header: only in the metadata */
+    };
+    struct wr_msg_init init = {
+        .exchange = wr_str_c("orders"), .routing_key = wr_str_c("eu.created"), .headers = h,
+        .props = &props, .body_ptr = "{}", .body_len = 2, .timestamp_ms = 1700000001000,
+    };
+    struct wr_msg *msg = NULL;
+    struct wr_error err = {0};
+    cr_assert_eq(wr_msg_new(&init, &msg, &err), WR_OK, "%s", err.msg);
+    wr_table_free(h);
+    wr_table_free(t);
+    wr_table_free(inner);
+    wr_array_free(arr);
+
+    static const struct kheader_bytes want[] = {
+        KH("content-type", "application/json"), KH("content-encoding", "gzip"),
+        KH("delivery-mode", "2"), KH("priority", "9"), KH("correlation-id", "corr-1"),
+        KH("reply-to", "replies"), KH("expiration", "60000"), KH("message-id", "m-1"),
+        KH("timestamp", "1700000001"), KH("type", "order.created"), KH("user-id", "guest"),
+        KH("app-id", "shop"),
+        KH("str", "text"), KH("bytes", "\0\xff"), KH("empty", ""), KH("i8", "-128"),
+        KH("u8", "255"), KH("i16", "-32768"), KH("u16", "65535"), KH("i32", "-2147483648"),
+        KH("u32", "4294967295"), KH("i64", "-9223372036854775808"), KH("float", "0.1"),
+        KH("double", "0.1"), KH("big", "1e+300"), KH("decimal", "123.45"),
+        KH("decimal0", "7"), KH("bool", "true"), KH("ts", "1700000000"), {"void", NULL, 0},
+        KH("table", "{\"s\\\"q\":\"say \\\"hi\\\"\\u000a\\u0001\",\"n\":-5,\"f\":false,"
+                    "\"d\":0.0042,\"a\":[{\"b\":\"x\\\\1\"},null,0.1]}"),
+        KH("array", "[{\"b\":\"x\\\\1\"},null,0.1]"),
+    };
+    const size_t nwant = sizeof want / sizeof want[0];
+    struct lb_record r;
+    struct wr_buf *buf = single_record(msg, &r);
+    cr_assert_eq(r.key_len, 10, "the routing key is the record key");
+    cr_assert(memcmp(r.key, "eu.created", 10) == 0);
+    cr_assert_eq(r.value_len, 2);
+    cr_assert(memcmp(r.value, "{}", 2) == 0);
+    cr_assert_eq(r.timestamp, 1700000001000);
+    cr_assert_eq(r.header_count, nwant + 1);
+    const uint8_t *hpos = NULL, *name, *value;
+    int32_t name_len, value_len;
+    for (size_t i = 0; i < nwant; i++) {
+        cr_assert_eq(lb_header_next(&r, &hpos, &name, &name_len, &value, &value_len), 1);
+        cr_assert_eq((size_t)name_len, strlen(want[i].name), "header %zu: %s", i, want[i].name);
+        cr_assert(memcmp(name, want[i].name, (size_t)name_len) == 0, "header %zu: %.*s", i,
+                  name_len, name);
+        if (!want[i].value) {
+            cr_assert_null(value, "%s: a null value", want[i].name);
+            continue;
+        }
+        cr_assert_not_null(value, "%s", want[i].name);
+        cr_assert_eq((size_t)value_len, want[i].len, "%s: '%.*s'", want[i].name, value_len,
+                     value);
+        cr_assert(memcmp(value, want[i].value, want[i].len) == 0, "%s: '%.*s'", want[i].name,
+                  value_len, value);
+    }
+    cr_assert_eq(lb_header_next(&r, &hpos, &name, &name_len, &value, &value_len), 1);
+    cr_assert_eq((size_t)name_len, strlen(LB_META_HEADER));
+    cr_assert(memcmp(name, LB_META_HEADER, (size_t)name_len) == 0, "the metadata comes last");
+
+    struct wr_msg *got = NULL;
+    cr_assert_eq(lb_record_msg(buf, &r, &got, &err), WR_OK, "%s", err.msg);
+    assert_msg_read_back(got, msg, 0);
+    wr_msg_unref(got);
+    wr_buf_unref(buf);
+    wr_msg_unref(msg);
+}
+
+static struct wr_msg *keyed_msg(const char *rk, const char *key, const struct wr_value *kk)
+{
+    struct wr_table *h = wr_table_new();
+    cr_assert_not_null(h);
+    if (kk)
+        cr_assert_eq(wr_table_add(h, "x-kafka-key", kk), WR_OK);
+    struct wr_msg_init init = {
+        .routing_key = wr_str_c(rk), .key = key ? wr_str_c(key) : (struct wr_str){0},
+        .headers = h, .body_ptr = "b", .body_len = 1, .timestamp_ms = 1,
+    };
+    struct wr_msg *msg = NULL;
+    cr_assert_eq(wr_msg_new(&init, &msg, NULL), WR_OK);
+    wr_table_free(h);
+    return msg;
+}
+
+Test(kafka_view, record_key_is_x_kafka_key_then_key_then_routing_key)
+{
+    struct wr_value str = wr_value_str("from-header"), num = wr_value_i64(7);
+    assert_record_key(keyed_msg("rk", "k", &str), "from-header");
+    assert_record_key(keyed_msg("rk", "k", &num), "k"); /* not a string: ignored */
+    assert_record_key(keyed_msg("rk", "k", NULL), "k");
+    assert_record_key(keyed_msg("rk", NULL, NULL), "rk");
+    assert_record_key(keyed_msg("rk", NULL, &num), "rk");
 }
 
 Test(encode, appends_and_refuses_nothing)
@@ -464,7 +662,7 @@ Test(encode, appends_and_refuses_nothing)
 /* ---- a batch as a Kafka producer writes it --------------------------------------------- */
 
 struct writer {
-    uint8_t b[512];
+    uint8_t b[2048];
     size_t n;
 };
 
@@ -592,7 +790,7 @@ Test(kafka_producer, records_decode_to_messages)
     cr_assert_eq(msg->body.buf, buf, "the body is a slice of the batch");
     const struct wr_value *v = wr_table_get(msg->headers, "trace");
     cr_assert_not_null(v);
-    cr_assert_eq(v->type, WR_V_BYTES);
+    cr_assert_eq(v->type, WR_V_STR, "a Kafka header is a long string to AMQP");
     cr_assert_eq(v->u.s.len, 3, "the first of two 'trace' headers wins");
     cr_assert(memcmp(v->u.s.ptr, "abc", 3) == 0);
     v = wr_table_get(msg->headers, "empty");
@@ -619,6 +817,89 @@ Test(kafka_producer, records_decode_to_messages)
     wr_msg_unref(msg);
 
     cr_assert_eq(lb_record_next(buf->data, buf->len, &pos, &r, &err), 0);
+    wr_buf_unref(buf);
+}
+
+/* The bytes of header name in msg, which must be a long-string header. */
+static void assert_str_header(const struct wr_msg *msg, const char *name, const char *want)
+{
+    const struct wr_value *v = wr_table_get(msg->headers, name);
+    cr_assert_not_null(v, "header %s", name);
+    cr_assert_eq(v->type, WR_V_STR, "header %s", name);
+    cr_assert_eq(v->u.s.len, strlen(want), "header %s", name);
+    cr_assert(memcmp(v->u.s.ptr, want, strlen(want)) == 0, "header %s", name);
+}
+
+Test(kafka_producer, property_headers_set_properties)
+{
+    char long_type[300];
+    memset(long_type, 'a', sizeof long_type - 1);
+    long_type[sizeof long_type - 1] = '\0';
+    const struct kheader good[] = {
+        {"content-type", "text/plain"}, {"content-encoding", "utf-8"},
+        {"delivery-mode", "2"}, {"priority", "7"}, {"correlation-id", "c-9"},
+        {"reply-to", "replies"}, {"expiration", "1000"}, {"message-id", "m-9"},
+        {"timestamp", "-12"}, {"type", "t"}, {"user-id", "u"}, {"app-id", "a"},
+        {"trace", "abc"}, {"content-type", "second"},
+    };
+    const struct kheader bad[] = {
+        {"priority", "high"}, {"delivery-mode", "3"}, {"timestamp", "1.5"},
+        {"content-type", NULL}, {"message-id", long_type}, {"priority", "7"},
+    };
+    struct writer w, recs = {.n = 0};
+    w_record(&recs, 0, 0, "k", "v", good, (int)(sizeof good / sizeof good[0]));
+    size_t len = w_batch(&w, &recs, 1, 0);
+    struct wr_buf *buf = buf_of(w.b, len);
+    const uint8_t *pos = NULL;
+    struct lb_record r;
+    struct wr_error err = {0};
+    cr_assert_eq(lb_record_next(buf->data, buf->len, &pos, &r, &err), 1, "%s", err.msg);
+    struct wr_msg *msg = NULL;
+    cr_assert_eq(lb_record_msg(buf, &r, &msg, &err), WR_OK, "%s", err.msg);
+    const struct wr_props *p = &msg->props;
+    assert_str(p->content_type, wr_str_c("text/plain"), "content_type");
+    assert_str(p->content_encoding, wr_str_c("utf-8"), "content_encoding");
+    cr_assert(p->flags & WR_PROP_DELIVERY_MODE);
+    cr_assert_eq(p->delivery_mode, 2);
+    cr_assert(p->flags & WR_PROP_PRIORITY);
+    cr_assert_eq(p->priority, 7);
+    assert_str(p->correlation_id, wr_str_c("c-9"), "correlation_id");
+    assert_str(p->reply_to, wr_str_c("replies"), "reply_to");
+    assert_str(p->expiration, wr_str_c("1000"), "expiration");
+    assert_str(p->message_id, wr_str_c("m-9"), "message_id");
+    cr_assert(p->flags & WR_PROP_TIMESTAMP);
+    cr_assert_eq(p->timestamp, -12);
+    assert_str(p->type, wr_str_c("t"), "type");
+    assert_str(p->user_id, wr_str_c("u"), "user_id");
+    assert_str(p->app_id, wr_str_c("a"), "app_id");
+    cr_assert_eq(msg->headers->count, 3, "trace, the second content-type, x-stream-offset");
+    assert_str_header(msg, "trace", "abc");
+    assert_str_header(msg, "content-type", "second");
+    wr_msg_unref(msg);
+    wr_buf_unref(buf);
+
+    /* Values a property cannot hold stay ordinary headers, and the properties stay unset. */
+    struct writer recs2 = {.n = 0};
+    w_record(&recs2, 0, 0, "k", "v", bad, (int)(sizeof bad / sizeof bad[0]));
+    len = w_batch(&w, &recs2, 1, 0);
+    buf = buf_of(w.b, len);
+    pos = NULL;
+    cr_assert_eq(lb_record_next(buf->data, buf->len, &pos, &r, &err), 1, "%s", err.msg);
+    cr_assert_eq(lb_record_msg(buf, &r, &msg, &err), WR_OK, "%s", err.msg);
+    cr_assert_eq(msg->props.flags & (WR_PROP_DELIVERY_MODE | WR_PROP_TIMESTAMP), 0);
+    cr_assert(msg->props.flags & WR_PROP_PRIORITY, "the good priority after the bad one");
+    cr_assert_eq(msg->props.priority, 7);
+    cr_assert_null(msg->props.content_type.ptr, "a null value is no content type");
+    cr_assert_null(msg->props.message_id.ptr, "300 bytes is no AMQP short string");
+    assert_str_header(msg, "priority", "high");
+    assert_str_header(msg, "delivery-mode", "3");
+    assert_str_header(msg, "timestamp", "1.5");
+    assert_str_header(msg, "message-id", long_type);
+    const struct wr_value *v = wr_table_get(msg->headers, "content-type");
+    cr_assert_not_null(v);
+    cr_assert_eq(v->type, WR_V_VOID);
+    cr_assert_eq(msg->headers->count, 6);
+    wr_msg_unref(msg);
     wr_buf_unref(buf);
 }
 

@@ -490,6 +490,28 @@ Test(queue_log, keys_pick_the_partition_a_kafka_producer_would)
                          vectors[i].key, j);
     }
 
+    /* An x-kafka-partition header below the count (a routing script's choice) picks the
+     * partition; one out of range is ignored and the key decides. */
+    struct wr_table *ph = wr_table_new();
+    struct wr_value pv = wr_value_i64(5);
+    cr_assert_eq(wr_table_add(ph, "x-kafka-partition", &pv), WR_OK);
+    struct wr_msg_init pinit = {.routing_key = wr_str_c("s"), .key = wr_str_c("21"),
+                                .headers = ph, .body_ptr = "v", .body_len = 1};
+    struct wr_msg *pm = NULL;
+    cr_assert_eq(wr_msg_new(&pinit, &pm, &err), WR_OK);
+    cr_assert_eq(wr_publish(wr_exchange_find(t.vh, ""), pm, NULL, &err), 1, "%s", err.msg);
+    wr_msg_unref(pm);
+    want[5]++;
+    pv = wr_value_i64(7);
+    cr_assert_eq(wr_table_set(ph, "x-kafka-partition", &pv), WR_OK);
+    cr_assert_eq(wr_msg_new(&pinit, &pm, &err), WR_OK);
+    cr_assert_eq(wr_publish(wr_exchange_find(t.vh, ""), pm, NULL, &err), 1, "%s", err.msg);
+    wr_msg_unref(pm);
+    wr_table_free(ph);
+    want[3]++; /* "21" hashes to partition 3 of 7 */
+    for (uint32_t j = 0; j < 7; j++)
+        cr_assert_eq(records_in(q, j), want[j], "partition %u", j);
+
     /* Without a key, the routing key is the record key; an x-kafka-key header beats both. */
     struct wr_table *h = wr_table_new();
     struct wr_value v = wr_value_str("abc");

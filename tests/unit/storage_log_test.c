@@ -2,7 +2,8 @@
  * storage_log_test.c: the `log` storage backend, loaded through the real plugin loader and
  * driven through its ops table: appends of Kafka batches (built here, independently of the
  * backend's codec) and of messages, reads as file ranges and as messages, offsets, lookups
- * by offset and by time, segment rolls, retention, compaction, partitions, group commit,
+ * by offset and by time, batches compressed with each Kafka codec (and broken or bomb ones
+ * refused on read), segment rolls, retention, compaction, partitions, group commit,
  * adding partitions (kept across a reopen that declares fewer), and recovery from torn,
  * damaged, foreign and newer files.
  */
@@ -21,7 +22,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <lz4frame.h>
+#include <snappy-c.h>
 #include <warren/wr.h>
+#include <zlib.h>
+#include <zstd.h>
 
 #include "storage_testutil.h"
 
@@ -148,13 +153,86 @@ struct rec {
     int64_t ts;
 };
 
-/* A batch of n records with offset deltas 0..n-1 and base offset 0. */
-static size_t make_batch(uint8_t *dst, size_t cap, const struct rec *recs, int n)
+/* How a test batch's records are compressed: the codecs as Kafka clients write them. */
+enum codec { PLAIN, GZIP, SNAPPY_RAW, SNAPPY_XERIAL, LZ4_FRAME, ZSTD };
+
+static void put_snappy(struct out *o, const uint8_t *p, size_t n)
 {
-    struct out body = {.len = 0};
+    size_t len = snappy_max_compressed_length(n);
+    cr_assert_leq(o->len + len, sizeof o->p);
+    cr_assert_eq(snappy_compress((const char *)p, n, (char *)o->p + o->len, &len), SNAPPY_OK);
+    o->len += len;
+}
+
+/* records compressed with codec into o; returns the attributes' codec number. */
+static uint16_t compress_records(enum codec codec, const struct out *records, struct out *o)
+{
+    size_t cap = sizeof o->p - o->len;
+    uint8_t *dst = o->p + o->len;
+    switch (codec) {
+    case PLAIN:
+        put(o, records->p, records->len);
+        return 0;
+    case GZIP: {
+        z_stream zs = {0};
+        cr_assert_eq(deflateInit2(&zs, 9, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY),
+                     Z_OK);
+        zs.next_in = (Bytef *)records->p;
+        zs.avail_in = (uInt)records->len;
+        zs.next_out = dst;
+        zs.avail_out = (uInt)cap;
+        cr_assert_eq(deflate(&zs, Z_FINISH), Z_STREAM_END);
+        o->len += zs.total_out;
+        deflateEnd(&zs);
+        return 1;
+    }
+    case SNAPPY_RAW:
+        put_snappy(o, records->p, records->len);
+        return 2;
+    case SNAPPY_XERIAL: { /* two blocks, as a Java client writes more than its block size */
+        static const uint8_t magic[8] = {0x82, 'S', 'N', 'A', 'P', 'P', 'Y', 0};
+        put(o, magic, sizeof magic);
+        put_be(o, 1, 4);
+        put_be(o, 1, 4);
+        size_t half = records->len / 2;
+        for (int i = 0; i < 2; i++) {
+            size_t at = o->len;
+            put_be(o, 0, 4);
+            put_snappy(o, records->p + (i ? half : 0), i ? records->len - half : half);
+            uint32_t block = (uint32_t)(o->len - at - 4);
+            for (int k = 0; k < 4; k++)
+                o->p[at + k] = (uint8_t)(block >> (24 - 8 * k));
+        }
+        return 2;
+    }
+    case LZ4_FRAME: {
+        size_t n = LZ4F_compressFrame(dst, cap, records->p, records->len, NULL);
+        cr_assert(!LZ4F_isError(n), "%s", LZ4F_getErrorName(n));
+        o->len += n;
+        return 3;
+    }
+    case ZSTD: {
+        size_t n = ZSTD_compress(dst, cap, records->p, records->len, 3);
+        cr_assert(!ZSTD_isError(n), "%s", ZSTD_getErrorName(n));
+        o->len += n;
+        return 4;
+    }
+    }
+    cr_assert_fail("codec %d", codec);
+    return 0;
+}
+
+/* A batch of n records with offset deltas 0..n-1 and base offset 0, its records compressed
+ * with codec. */
+static size_t make_batch_codec(uint8_t *dst, size_t cap, const struct rec *recs, int n,
+                               enum codec codec)
+{
+    static struct out body;
+    body.len = 0;
     int64_t base_ts = recs[0].ts, max_ts = recs[0].ts;
     for (int i = 0; i < n; i++) {
-        struct out r = {.len = 0};
+        static struct out r;
+        r.len = 0;
         uint8_t attr = 0;
         put(&r, &attr, 1);
         put_varint(&r, recs[i].ts - base_ts);
@@ -171,13 +249,14 @@ static size_t make_batch(uint8_t *dst, size_t cap, const struct rec *recs, int n
         if (recs[i].ts > max_ts)
             max_ts = recs[i].ts;
     }
-    struct out o = {.len = 0};
+    static struct out o;
+    o.len = 0;
     put_be(&o, 0, 8);                          /* base offset */
-    put_be(&o, 49 + body.len, 4);              /* batch length */
+    put_be(&o, 0, 4);                          /* batch length, below */
     put_be(&o, 0, 4);                          /* leader epoch */
     put_be(&o, 2, 1);                          /* magic */
     put_be(&o, 0, 4);                          /* crc, below */
-    put_be(&o, 0, 2);                          /* attributes */
+    put_be(&o, 0, 2);                          /* attributes, below */
     put_be(&o, (uint64_t)(n - 1), 4);          /* last offset delta */
     put_be(&o, (uint64_t)base_ts, 8);
     put_be(&o, (uint64_t)max_ts, 8);
@@ -185,13 +264,24 @@ static size_t make_batch(uint8_t *dst, size_t cap, const struct rec *recs, int n
     put_be(&o, 0xffff, 2);
     put_be(&o, 0xffffffff, 4);
     put_be(&o, (uint64_t)n, 4);
-    put(&o, body.p, body.len);
+    uint16_t attributes = compress_records(codec, &body, &o);
+    uint32_t batch_length = (uint32_t)(o.len - 12);
+    for (int i = 0; i < 4; i++)
+        o.p[8 + i] = (uint8_t)(batch_length >> (24 - 8 * i));
+    o.p[21] = (uint8_t)(attributes >> 8);
+    o.p[22] = (uint8_t)attributes;
     uint32_t crc = crc32c(o.p + 21, o.len - 21);
     for (int i = 0; i < 4; i++)
         o.p[17 + i] = (uint8_t)(crc >> (24 - 8 * i));
     cr_assert_leq(o.len, cap);
     memcpy(dst, o.p, o.len);
     return o.len;
+}
+
+/* A batch of n records with offset deltas 0..n-1 and base offset 0. */
+static size_t make_batch(uint8_t *dst, size_t cap, const struct rec *recs, int n)
+{
+    return make_batch_codec(dst, cap, recs, n, PLAIN);
 }
 
 static uint64_t get_be64(const uint8_t *p)
@@ -523,6 +613,185 @@ Test(storage_log, offset_for_time)
     cr_assert_eq(ops->offset_for_time(l, 0, t0 + 49000, &off, &ts), WR_OK);
     cr_assert_eq(off, 98);
     cr_assert_eq(ops->offset_for_time(l, 0, t0 + 49001, &off, &ts), WR_ENOTFOUND);
+    ops->close(l);
+}
+
+/* ---- compressed batches ---------------------------------------------------------------- */
+
+static const enum codec every_codec[] = {PLAIN, GZIP, SNAPPY_RAW, SNAPPY_XERIAL, LZ4_FRAME,
+                                         ZSTD};
+#define NCODECS (sizeof every_codec / sizeof every_codec[0])
+
+/* Appends a batch of recs compressed with codec; returns its base offset. */
+static uint64_t append_codec(void *l, const struct rec *recs, int n, enum codec codec)
+{
+    static uint8_t batch[1 << 16];
+    size_t len = make_batch_codec(batch, sizeof batch, recs, n, codec);
+    uint64_t base = 0;
+    struct wr_error err = {0};
+    cr_assert_eq(ops->append_batch(l, 0, batch, len, &base, &err), WR_OK, "%s", err.msg);
+    return base;
+}
+
+/* Three records per codec: k<codec>-<i> = a value long enough to compress, at
+ * t0 + codec * 1000 + i * 10. */
+static void codec_records(size_t c, int64_t t0, struct rec recs[3], char keys[3][16],
+                          char values[3][128])
+{
+    for (int i = 0; i < 3; i++) {
+        snprintf(keys[i], sizeof keys[i], "k%zu-%d", c, i);
+        snprintf(values[i], sizeof values[i], "value %zu.%d: %s", c, i,
+                 "the same words again and again and again and again and again");
+        recs[i] = (struct rec){keys[i], values[i], t0 + (int64_t)c * 1000 + i * 10};
+    }
+}
+
+Test(storage_log, compressed_batches_read_as_the_same_messages)
+{
+    keep_old_records();
+    void *l = open_log();
+    int64_t t0 = 1700000000000;
+    char keys[NCODECS][3][16], values[NCODECS][3][128];
+    struct rec recs[NCODECS][3];
+    for (size_t c = 0; c < NCODECS; c++) {
+        codec_records(c, t0, recs[c], keys[c], values[c]);
+        cr_assert_eq(append_codec(l, recs[c], 3, every_codec[c]), 3 * c);
+    }
+    struct wr_log_entry out[3 * NCODECS];
+    size_t n = 0;
+    struct wr_error err = {0};
+    cr_assert_eq(ops->read_msgs(l, 0, 0, out, 3 * NCODECS, &n, &err), WR_OK, "%s", err.msg);
+    cr_assert_eq(n, 3 * NCODECS);
+    for (size_t k = 0; k < n; k++) {
+        const struct rec *want = &recs[k / 3][k % 3];
+        const struct wr_msg *m = out[k].msg;
+        cr_assert_eq(out[k].offset, k);
+        size_t blen;
+        const uint8_t *body = wr_msg_body(m, &blen);
+        cr_assert_eq(blen, strlen(want->value), "record %zu", k);
+        cr_assert_arr_eq(body, want->value, blen, "record %zu", k);
+        cr_assert_eq(m->key.len, strlen(want->key));
+        cr_assert_arr_eq(m->key.ptr, want->key, m->key.len);
+        cr_assert_eq(m->routing_key.len, strlen(want->key));
+        cr_assert_eq(m->timestamp_ms, want->ts);
+        int64_t off;
+        cr_assert(wr_table_get_int(m->headers, "x-stream-offset", &off));
+        cr_assert_eq(off, (int64_t)k);
+        wr_msg_unref(out[k].msg);
+    }
+    /* From the middle of a compressed batch: its earlier records are skipped. */
+    cr_assert_eq(ops->read_msgs(l, 0, 3 * 4 + 2, out, 2, &n, &err), WR_OK, "%s", err.msg);
+    cr_assert_eq(n, 2);
+    cr_assert_eq(out[0].offset, 14);
+    cr_assert_eq(out[1].offset, 15);
+    for (size_t k = 0; k < n; k++)
+        wr_msg_unref(out[k].msg);
+
+    /* offset_for_time finds the record inside each batch, not just the batch. */
+    for (size_t c = 0; c < NCODECS; c++) {
+        uint64_t off = 0;
+        int64_t ts = 0;
+        cr_assert_eq(ops->offset_for_time(l, 0, t0 + (int64_t)c * 1000 + 15, &off, &ts), WR_OK);
+        cr_assert_eq(off, 3 * c + 2, "codec %zu", c);
+        cr_assert_eq(ts, t0 + (int64_t)c * 1000 + 20, "codec %zu", c);
+    }
+    ops->close(l);
+}
+
+/* A batch made unreadable: its records compressed with codec, then cut or relabelled. */
+struct broken {
+    const char *what;
+    enum codec codec;
+    size_t cut;         /* bytes cut off the end of the compressed data */
+    uint16_t attributes; /* 0: the codec's own */
+    const char *want;   /* in the error message */
+};
+
+/* Appends the batch of recs as b describes it to a fresh log and checks read_msgs refuses
+ * it with WR_EPROTO naming the failure, and offset_for_time still points at the batch. */
+static void assert_read_refused(const struct broken *b, const struct rec *recs, int n)
+{
+    static uint8_t batch[1 << 16];
+    size_t len = make_batch_codec(batch, sizeof batch, recs, n, b->codec);
+    len -= b->cut;
+    if (b->attributes) {
+        batch[21] = (uint8_t)(b->attributes >> 8);
+        batch[22] = (uint8_t)b->attributes;
+    }
+    uint32_t batch_length = (uint32_t)(len - 12), crc = crc32c(batch + 21, len - 21);
+    for (int i = 0; i < 4; i++) {
+        batch[8 + i] = (uint8_t)(batch_length >> (24 - 8 * i));
+        batch[17 + i] = (uint8_t)(crc >> (24 - 8 * i));
+    }
+    void *l = open_log();
+    uint64_t base = 0;
+    struct wr_error err = {0};
+    cr_assert_eq(ops->append_batch(l, 0, batch, len, &base, &err), WR_OK, "%s: %s", b->what,
+                 err.msg);
+    struct wr_log_entry out[4];
+    size_t got = 9;
+    err = (struct wr_error){0};
+    cr_assert_eq(ops->read_msgs(l, 0, 0, out, 4, &got, &err), WR_EPROTO, "%s", b->what);
+    cr_assert_eq(got, 0);
+    cr_assert_not_null(strstr(err.msg, b->want), "%s: '%s' lacks '%s'", b->what, err.msg,
+                       b->want);
+    uint64_t off = 9;
+    int64_t ts = 0;
+    cr_assert_eq(ops->offset_for_time(l, 0, recs[0].ts, &off, &ts), WR_OK, "%s", b->what);
+    cr_assert_eq(off, 0, "%s: the undecodable batch is as close as it gets", b->what);
+    ops->close(l);
+    cr_assert_eq(nftw(ldir, rm_entry, 8, FTW_DEPTH | FTW_PHYS), 0, "the next case starts anew");
+}
+
+Test(storage_log, broken_compressed_batches_are_refused_on_read)
+{
+    keep_old_records();
+    char keys[3][16], values[3][128];
+    struct rec recs[3];
+    codec_records(0, 1700000000000, recs, keys, values);
+    static const struct broken cases[] = {
+        {"gzip cut", GZIP, 9, 0, "gzip-compressed records are cut short"},
+        {"snappy cut", SNAPPY_RAW, 9, 0, "snappy-compressed records are corrupt"},
+        {"xerial cut", SNAPPY_XERIAL, 9, 0, "snappy-compressed records are cut short"},
+        {"lz4 cut", LZ4_FRAME, 9, 0, "lz4-compressed records are cut short"},
+        {"zstd cut", ZSTD, 9, 0, "zstd-compressed records are cut short"},
+        {"plain records called gzip", PLAIN, 0, 1, "gzip-compressed records are corrupt"},
+        {"codec 5", GZIP, 0, 5, "compression codec 5 is unknown"},
+        {"codec 6", GZIP, 0, 6, "compression codec 6 is unknown"},
+        {"codec 7", GZIP, 0, 7, "compression codec 7 is unknown"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        assert_read_refused(&cases[i], recs, 3);
+}
+
+Test(storage_log, a_decompression_bomb_is_refused)
+{
+    keep_old_records();
+    /* 40 KB of one letter compresses to almost nothing; the limit is max_message_size. */
+    wr_broker_set_max_message_size(b, 16384);
+    static char big[40000];
+    memset(big, 'a', sizeof big - 1);
+    struct rec recs[1] = {{"k", big, 1700000000000}};
+    static const struct broken cases[] = {
+        {"gzip bomb", GZIP, 0, 0, "gzip-compressed records inflate past the limit of 16384"},
+        {"snappy bomb", SNAPPY_RAW, 0, 0, "snappy-compressed records claim"},
+        {"xerial bomb", SNAPPY_XERIAL, 0, 0, "past the limit of 16384 bytes"},
+        {"lz4 bomb", LZ4_FRAME, 0, 0, "lz4-compressed records inflate past the limit"},
+        {"zstd bomb", ZSTD, 0, 0, "zstd-compressed records inflate past the limit"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        assert_read_refused(&cases[i], recs, 1);
+    /* Within the limit the same batch reads. */
+    wr_broker_set_max_message_size(b, 1 << 17);
+    void *l = open_log();
+    cr_assert_eq(append_codec(l, recs, 1, ZSTD), 0);
+    struct wr_log_entry out[1];
+    size_t n = 0;
+    struct wr_error err = {0};
+    cr_assert_eq(ops->read_msgs(l, 0, 0, out, 1, &n, &err), WR_OK, "%s", err.msg);
+    cr_assert_eq(n, 1);
+    cr_assert_eq(out[0].msg->body.len, sizeof big - 1);
+    wr_msg_unref(out[0].msg);
     ops->close(l);
 }
 

@@ -141,10 +141,11 @@ struct wr_storage_ops {
     /* Records from offset on (records of the first batch below offset are skipped), at most
      * max, decoded into messages; *n = 0 at the end of the log. A message appended by
      * append_msgs comes back equal to the one appended; a record from a Kafka producer
-     * comes back with its key, body, timestamp and headers (byte values). Each message gets
+     * comes back with its key, body, timestamp and headers (long strings; those named as
+     * basic properties set the properties: docs/storage-log.md). Each message gets
      * the header "x-stream-offset" (a signed 64-bit integer), as RabbitMQ's streams give
-     * their consumers. WR_ENOTFOUND below earliest; WR_EPROTO for a batch it cannot decode
-     * (a compressed one). */
+     * their consumers. Compressed batches are decompressed (gzip, snappy, lz4, zstd).
+     * WR_ENOTFOUND below earliest; WR_EPROTO for a batch it cannot decode. */
     int (*read_msgs)(void *state, uint32_t partition, uint64_t offset,
                      struct wr_log_entry *out, size_t max, size_t *n, struct wr_error *err);
     /* earliest: the first offset still kept; latest: the offset the next record will get
