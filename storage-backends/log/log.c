@@ -44,8 +44,36 @@
 #define LG_DEFAULT_RETENTION_CHECK_MS (5ll * 60 * 1000)
 #define LG_DEFAULT_INDEX_INTERVAL 4096
 #define LG_INDEX_MAX (10u << 20)          /* Kafka's segment.index.bytes */
-#define LG_READ_MSGS_BYTES (1u << 20)     /* what read_msgs reads at a time */
+/* What read_msgs reads at a time: about LG_READ_MSG_BYTES per record asked for, within
+ * bounds. Reading much more than the records asked for costs a copy of bytes that are
+ * thrown away (and a large malloc is an mmap whose pages the kernel zeroes on every call);
+ * the messages pin the buffer, so it should be about their size. A batch larger than this
+ * is still read whole. */
+#define LG_READ_MSG_BYTES 512u
+#define LG_READ_MIN_BYTES (16u << 10)
+#define LG_READ_MAX_BYTES (1u << 20)
 #define LG_PARTITIONS_MAX 100000u
+
+/* The rest of a batch read_msgs stopped inside, because it had decoded as many records as
+ * asked. A Kafka producer's batch may hold thousands of records in a megabyte, compressed
+ * or not; without this every call would read (and inflate, and check) it again for its next
+ * hundred records. Batches never change once written, so it stays right until the next
+ * record is past it. */
+struct lg_rest {
+    struct wr_buf *buf;   /* holds the batch (the read, or the inflated copy); NULL: none */
+    const uint8_t *batch; /* the uncompressed batch in buf */
+    size_t len;
+    const uint8_t *pos;   /* lb_record_next's place: the next record is `next` */
+    uint64_t next;        /* the offset of the next record */
+    uint64_t first;       /* the batch's base offset */
+    uint64_t after;       /* the first offset after the batch */
+};
+
+static void lg_rest_drop(struct lg_rest *rest)
+{
+    wr_buf_unref(rest->buf);
+    *rest = (struct lg_rest){0};
+}
 
 struct lg_part {
     char *dir;
@@ -55,6 +83,7 @@ struct lg_part {
     size_t cap;
     uint64_t total;                       /* bytes of every segment */
     bool dirty;                           /* rolled since the last compaction */
+    struct lg_rest rest;                  /* the batch read_msgs stopped inside */
 };
 
 struct lg_log {
@@ -337,12 +366,13 @@ static size_t lg_inflate_limit(const struct lg_log *l)
 }
 
 /* Decodes the records at or after *next of the uncompressed batch at batch[0..len), which
- * lies in buf, into out. */
+ * lies in buf, into out, walking from *pos (NULL: the batch's start). When out fills before
+ * the batch ends, rest keeps the place for the next call. */
 static int lg_decode_batch(struct wr_buf *buf, const uint8_t *batch, size_t len,
-                           uint64_t *next, struct wr_log_entry *out, size_t max, size_t *n,
-                           struct wr_error *err)
+                           const uint8_t *pos, uint64_t first, uint64_t after, uint64_t *next,
+                           struct lg_rest *rest, struct wr_log_entry *out, size_t max,
+                           size_t *n, struct wr_error *err)
 {
-    const uint8_t *pos = NULL;
     struct lb_record r;
     int more = 0;
     while (*n < max && (more = lb_record_next(batch, len, &pos, &r, err)) == 1) {
@@ -355,12 +385,23 @@ static int lg_decode_batch(struct wr_buf *buf, const uint8_t *batch, size_t len,
         out[(*n)++] = (struct wr_log_entry){r.offset, msg};
         *next = r.offset + 1;
     }
-    return *n == max || more >= 0 ? WR_OK : more;
+    if (more < 0 && *n < max)
+        return more;
+    bool kept = rest->buf == buf && rest->batch == batch;
+    if (kept) {
+        rest->pos = pos;
+        rest->next = *next;
+    } else if (*n == max && *next < after) {
+        lg_rest_drop(rest);
+        *rest = (struct lg_rest){wr_buf_ref(buf), batch, len, pos, *next, first, after};
+    }
+    return WR_OK;
 }
 
 /* Decodes the records at or after *next of the batches in buf into out. */
-static int lg_decode(const struct lg_log *l, struct wr_buf *buf, uint64_t *next,
-                     struct wr_log_entry *out, size_t max, size_t *n, struct wr_error *err)
+static int lg_decode(const struct lg_log *l, struct lg_part *part, struct wr_buf *buf,
+                     uint64_t *next, struct wr_log_entry *out, size_t max, size_t *n,
+                     struct wr_error *err)
 {
     for (size_t at = 0; at + LB_HEADER_SIZE <= buf->len && *n < max;) {
         struct lb_header h;
@@ -384,10 +425,13 @@ static int lg_decode(const struct lg_log *l, struct wr_buf *buf, uint64_t *next,
                 wr_error_wrap(err, "log storage: batch at offset %llu",
                               (unsigned long long)h.base_offset);
             else
-                rc = lg_decode_batch(plain, plain->data, plain->len, next, out, max, n, err);
+                rc = lg_decode_batch(plain, plain->data, plain->len, NULL, h.base_offset, after,
+                                     next,
+                                     &part->rest, out, max, n, err);
             wr_buf_unref(plain);
         } else {
-            rc = lg_decode_batch(buf, batch, len, next, out, max, n, err);
+            rc = lg_decode_batch(buf, batch, len, NULL, h.base_offset, after, next, &part->rest,
+                                 out, max, n, err);
         }
         if (rc != WR_OK || *n == max)
             return rc;
@@ -406,6 +450,17 @@ static int lg_read_msgs(void *state, uint32_t partition, uint64_t offset,
         return WR_EINVAL;
     int rc = lg_check_offset(part, partition, offset, err);
     uint64_t next = offset;
+    struct lg_rest *rest = &part->rest;
+    if (rc == WR_OK && rest->buf && offset >= rest->first && offset < rest->after) {
+        /* From its place when this reader is the one that stopped there, else from the
+         * batch's start (another reader of the same batch: still no read, no inflate). */
+        rc = lg_decode_batch(rest->buf, rest->batch, rest->len,
+                             offset == rest->next ? rest->pos : NULL, rest->first,
+                             rest->after, &next,
+                             rest, out, max, n, err);
+        if (rc == WR_OK && *n < max)
+            next = rest->after; /* the batch is done */
+    }
     while (rc == WR_OK && *n < max) {
         size_t i = 0;
         uint64_t pos = 0, len = 0, base = 0;
@@ -413,7 +468,10 @@ static int lg_read_msgs(void *state, uint32_t partition, uint64_t offset,
         if (rc != WR_OK || i == part->nsegs)
             break;
         struct ls_seg *s = &part->segs[i];
-        rc = ls_range(s, &l->reader, pos, LG_READ_MSGS_BYTES, &len, &base, err);
+        size_t want = (max - *n) * LG_READ_MSG_BYTES;
+        want = want < LG_READ_MIN_BYTES ? LG_READ_MIN_BYTES
+               : want > LG_READ_MAX_BYTES ? LG_READ_MAX_BYTES : want;
+        rc = ls_range(s, &l->reader, pos, want, &len, &base, err);
         struct wr_buf *buf = rc == WR_OK ? wr_buf_new(len) : NULL;
         if (rc == WR_OK && !buf)
             rc = wr_error_set(err, WR_ENOMEM, "log storage: out of memory");
@@ -423,7 +481,7 @@ static int lg_read_msgs(void *state, uint32_t partition, uint64_t offset,
         if (rc == WR_OK) {
             buf->len = len;
             uint64_t before = next;
-            rc = lg_decode(l, buf, &next, out, max, n, err);
+            rc = lg_decode(l, part, buf, &next, out, max, n, err);
             if (rc == WR_OK && next == before)
                 next = base + 1; /* cannot happen with whole batches; never loop */
         }
@@ -746,6 +804,7 @@ static int lg_part_init(struct lg_log *l, uint32_t p, struct wr_error *err)
 
 static void lg_part_fini(struct lg_part *part)
 {
+    lg_rest_drop(&part->rest);
     for (size_t i = 0; i < part->nsegs; i++)
         ls_close(&part->segs[i]);
     free(part->segs);

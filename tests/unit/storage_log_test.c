@@ -1387,3 +1387,67 @@ Test(storage_log, bad_options_are_refused)
     cr_assert_eq(open_fails(&err), WR_EINVAL);
     cr_assert(strstr(err.msg, "cleanup_policy"), "%s", err.msg);
 }
+
+/* Reads every record of partition 0 from `from` in calls of `step`, as a log consumer does,
+ * checking offsets and values; returns the next offset. */
+static uint64_t read_in_steps(void *l, uint64_t from, size_t step, size_t calls,
+                              char values[][32])
+{
+    struct wr_log_entry out[64];
+    struct wr_error err = {0};
+    for (size_t c = 0; c < calls; c++) {
+        size_t n = 0;
+        cr_assert_eq(ops->read_msgs(l, 0, from, out, step, &n, &err), WR_OK, "%s", err.msg);
+        cr_assert_eq(n, step, "call %zu from %llu", c, (unsigned long long)from);
+        for (size_t k = 0; k < n; k++) {
+            cr_assert_eq(out[k].offset, from + k);
+            size_t blen;
+            const uint8_t *body = wr_msg_body(out[k].msg, &blen);
+            cr_assert_eq(blen, strlen(values[from + k]), "offset %llu",
+                         (unsigned long long)(from + k));
+            cr_assert_arr_eq(body, values[from + k], blen);
+            wr_msg_unref(out[k].msg);
+        }
+        from += n;
+    }
+    return from;
+}
+
+/* A Kafka producer's batch holds many records; consumers read them a few at a time. Each
+ * call must go on from where it stopped, inside the batch (plain and compressed), also when
+ * two readers at different places take turns. */
+Test(storage_log, big_batches_are_read_piecewise_by_several_readers)
+{
+    keep_old_records();
+    void *l = open_log();
+    enum { PER_BATCH = 200, NBATCH = 2 };
+    static char keys[PER_BATCH * NBATCH][16], values[PER_BATCH * NBATCH][32];
+    static struct rec recs[PER_BATCH * NBATCH];
+    for (int i = 0; i < PER_BATCH * NBATCH; i++) {
+        snprintf(keys[i], sizeof keys[i], "k%d", i % 7);
+        snprintf(values[i], sizeof values[i], "value number %d", i);
+        recs[i] = (struct rec){keys[i], values[i], 1700000000000 + i};
+    }
+    cr_assert_eq(append_codec(l, recs, PER_BATCH, PLAIN), 0);
+    cr_assert_eq(append_codec(l, recs + PER_BATCH, PER_BATCH, ZSTD), PER_BATCH);
+
+    /* One reader, 8 at a time, through both batches. */
+    cr_assert_eq(read_in_steps(l, 0, 8, PER_BATCH * NBATCH / 8, values), PER_BATCH * NBATCH);
+    /* Two readers taking turns, one in each batch, then both in the compressed one. */
+    uint64_t a = 3, b = PER_BATCH + 5;
+    for (int turn = 0; turn < 20; turn++) {
+        a = read_in_steps(l, a, 7, 1, values);
+        b = read_in_steps(l, b, 5, 1, values);
+    }
+    cr_assert_eq(a, 3 + 20 * 7);
+    cr_assert_eq(b, PER_BATCH + 5 + 20 * 5);
+    a = PER_BATCH + 1;
+    for (int turn = 0; turn < 10; turn++) {
+        a = read_in_steps(l, a, 3, 1, values);
+        b = read_in_steps(l, b, 9, 1, values);
+    }
+    /* A reader going back to a place inside a batch it passed gets the same records. */
+    cr_assert_eq(read_in_steps(l, PER_BATCH + 2, 4, 1, values), PER_BATCH + 6);
+    cr_assert_eq(read_in_steps(l, 1, 4, 1, values), 5);
+    ops->close(l);
+}
