@@ -154,6 +154,14 @@ struct wr_queue {
     struct wr_queue_watch *watches; /* log queues: wr_queue_watch, newest first */
     bool notifying;              /* its watchers' callbacks run: unwatch only marks */
     bool appended;               /* appends since its watchers were last called */
+    /* Log queues: publishes taken but not yet appended. They go to the storage as one batch
+     * per partition at the end of the loop turn (log_flush), before any read of the log and
+     * before a barrier syncs it, so a burst of publishes costs one write, not one each. */
+    struct wr_msg **pending;
+    uint32_t *pending_part;      /* the partition of each */
+    uint32_t n_pending, cap_pending;
+    size_t pending_bytes;        /* their sizes (msg->size) */
+    int pending_failed;          /* an append of them failed: the next barrier fails */
     struct wr_queue *dispatch_next;
     uint64_t mark;
     /* definitions.c */
@@ -197,6 +205,9 @@ void queue_schedule(struct wr_queue *q);
 void queue_dispatch_cancel(struct wr_broker *b);
 /* Storage of a message into q by wr_publish: WR_OK, or WR_ELIMIT when refused. */
 int queue_store(struct wr_queue *q, struct wr_msg *msg, struct wr_error *err);
+/* Appends a log queue's pending publishes. Returns the first failure since the last call
+ * (and forgets it), or WR_OK. */
+int log_flush(struct wr_queue *q);
 /* Wall-clock milliseconds since the epoch (message timestamps and TTLs use it). */
 int64_t wall_ms(void);
 

@@ -20,6 +20,7 @@
 /* ---- queues ------------------------------------------------------------------------- */
 
 static void queue_destroy(struct wr_queue *q);
+static void log_settle(const struct wr_queue *q);
 static void queue_expires_fire(struct wr_loop *lp, void *data);
 static void watchers_notify(struct wr_queue *q, bool detach);
 
@@ -155,6 +156,8 @@ static void queue_release(struct wr_queue *q)
     wr_table_free(q->args);
     wr_table_free(q->options);
     free(q->consumers);
+    free(q->pending);
+    free(q->pending_part);
     free(q->storage);
     free(q->name);
     free(q);
@@ -312,6 +315,8 @@ static void consumer_free(struct wr_consumer *c)
  * struct stays while references remain. */
 static void queue_destroy(struct wr_queue *q)
 {
+    if (q->vh->broker->freeing)
+        log_settle(q); /* at shutdown, publishes taken are appended: the next start has them */
     definitions_queue_deleted(q, NULL); /* auto-delete, x-expires: logged if it fails */
     q->deleted = true;
     struct wr_loop *lp = q->vh->broker->lp;
@@ -332,6 +337,11 @@ static void queue_destroy(struct wr_queue *q)
     while (q->in)
         binding_remove(q->in);
     map_del(&q->vh->queues, q->name);
+    /* A deleted queue's pending publishes go with it (at shutdown they were appended). */
+    for (uint32_t i = 0; i < q->n_pending; i++)
+        wr_msg_unref(q->pending[i]);
+    q->n_pending = 0;
+    q->pending_bytes = 0;
     watchers_notify(q, true);
     q->ops->close(q->state);
     q->state = NULL;
@@ -407,6 +417,7 @@ uint64_t wr_queue_depth(const struct wr_queue *q)
         return 0;
     if (!q->log)
         return q->ops->depth(q->state);
+    log_settle(q);
     uint64_t total = 0;
     for (uint32_t p = 0; p < q->partitions; p++) {
         uint64_t first = 0, latest = 0;
@@ -581,22 +592,96 @@ static uint32_t log_partition(const struct wr_queue *q, const struct wr_msg *msg
     return (murmur2((const uint8_t *)k.ptr, k.len) & 0x7fffffff) % q->partitions;
 }
 
-/* Appends to a log queue: one batch per message, durable as the storage's flush policy says
- * once the queue syncs. Consumers waiting at the end read it on the next dispatch. */
+#define LOG_PENDING_MAX 256 /* publishes held before an append: one batch at most this long */
+#define LOG_PENDING_BYTES (1u << 20) /* and at most about this many bytes */
+
+/* Takes a publish into a log queue: appended with the others of this loop turn by
+ * log_flush, which the dispatch scheduled here runs. A failure there fails the next barrier
+ * (the publisher's confirm); a publisher without confirms sees only the error logged. */
 static int log_store(struct wr_queue *q, struct wr_msg *msg, struct wr_error *err)
 {
-    uint64_t offset = 0;
-    int rc = q->ops->append_msgs(q->state, log_partition(q, msg), &msg, 1, &offset, err);
-    if (rc != WR_OK)
-        return rc;
+    if (q->n_pending == q->cap_pending) {
+        uint32_t cap = q->cap_pending ? q->cap_pending * 2 : 16;
+        struct wr_msg **msgs = realloc(q->pending, cap * sizeof *msgs);
+        if (msgs)
+            q->pending = msgs;
+        uint32_t *parts = msgs ? realloc(q->pending_part, cap * sizeof *parts) : NULL;
+        if (!parts)
+            return wr_error_set(err, WR_ENOMEM, "out of memory appending to queue '%s'",
+                                q->name);
+        q->pending_part = parts;
+        q->cap_pending = cap;
+    }
+    q->pending[q->n_pending] = wr_msg_ref(msg);
+    q->pending_part[q->n_pending++] = log_partition(q, msg);
+    q->pending_bytes += msg->size;
     sync_mark_dirty(q);
-    q->appended = true;
-    if (q->n_consumers || q->watches)
-        queue_schedule(q);
+    queue_schedule(q);
+    if (q->n_pending >= LOG_PENDING_MAX || q->pending_bytes >= LOG_PENDING_BYTES)
+        log_settle(q);
     return WR_OK;
 }
 
-/* ---- log queues by offset ------------------------------------------------------------ */
+/* Moves the publishes of partition p among pending[from..n) to a run at from, in order (the
+ * other partitions' keep their order after it). Returns the run's length. */
+static uint32_t log_gather(struct wr_queue *q, uint32_t from, uint32_t n, uint32_t p)
+{
+    uint32_t run = from;
+    for (uint32_t i = from; i < n; i++) {
+        if (q->pending_part[i] != p)
+            continue;
+        struct wr_msg *m = q->pending[i];
+        memmove(&q->pending[run + 1], &q->pending[run], (i - run) * sizeof *q->pending);
+        memmove(&q->pending_part[run + 1], &q->pending_part[run],
+                (i - run) * sizeof *q->pending_part);
+        q->pending[run] = m;
+        q->pending_part[run++] = p;
+    }
+    return run - from;
+}
+
+/* Notes the outcome of appending n publishes. */
+static void log_append_failed(struct wr_queue *q, int rc, uint32_t n, const struct wr_error *err)
+{
+    if (rc == WR_OK) {
+        q->appended = true;
+        return;
+    }
+    wr_log(WR_LOG_ERROR, "queue", "queue '%s' in vhost '%s': %u publish%s lost: %s", q->name,
+           q->vh->name, n, n == 1 ? "" : "es", err->msg);
+    if (q->pending_failed == WR_OK)
+        q->pending_failed = rc;
+}
+
+int log_flush(struct wr_queue *q)
+{
+    uint32_t n = q->n_pending;
+    q->n_pending = 0;
+    q->pending_bytes = 0;
+    for (uint32_t at = 0; at < n && !q->deleted;) {
+        uint32_t p = q->pending_part[at];
+        uint32_t len = log_gather(q, at, n, p);
+        uint64_t offset = 0;
+        struct wr_error err = {0};
+        int rc = q->ops->append_msgs(q->state, p, &q->pending[at], len, &offset, &err);
+        /* Together they may not fit where each would (a segment smaller than the batch):
+         * then one at a time, so only a publish that fails alone is lost. */
+        for (uint32_t i = 0; rc != WR_OK && len > 1 && i < len; i++) {
+            int one = q->ops->append_msgs(q->state, p, &q->pending[at + i], 1, &offset, &err);
+            log_append_failed(q, one, 1, &err);
+        }
+        if (len == 1 || rc == WR_OK)
+            log_append_failed(q, rc, len, &err);
+        at += len;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        wr_msg_unref(q->pending[i]);
+    if (q->appended && (q->n_consumers || q->watches) && !q->vh->broker->freeing)
+        queue_schedule(q);
+    int failed = q->pending_failed;
+    q->pending_failed = WR_OK;
+    return failed;
+}
 
 struct wr_queue_watch {
     struct wr_queue *q;          /* NULL once the queue is gone */
@@ -649,6 +734,8 @@ int wr_queue_append_batch(struct wr_queue *q, uint32_t partition, uint8_t *batch
                           uint64_t *base_offset, struct wr_error *err)
 {
     int rc = log_check(q, partition, err);
+    if (rc == WR_OK) /* publishes made before it come first */
+        log_settle(q);
     if (rc == WR_OK)
         rc = q->ops->append_batch(q->state, partition, batch, len, base_offset, err);
     if (rc != WR_OK)
@@ -660,9 +747,20 @@ int wr_queue_append_batch(struct wr_queue *q, uint32_t partition, uint8_t *batch
     return WR_OK;
 }
 
+/* A reader sees every publish made before it: pending ones are appended first. The failure,
+ * if any, is kept for the next barrier. Logically the pending publishes are part of the log,
+ * so a const view of the queue may do this. */
+static void log_settle(const struct wr_queue *q)
+{
+    struct wr_queue *mq = (struct wr_queue *)q;
+    if (mq->n_pending && !mq->deleted)
+        mq->pending_failed = log_flush(mq);
+}
+
 int wr_queue_read(struct wr_queue *q, uint32_t partition, uint64_t offset, size_t max_bytes,
                   struct wr_log_slice *out, struct wr_error *err)
 {
+    log_settle(q);
     int rc = log_check(q, partition, err);
     return rc == WR_OK ? q->ops->read(q->state, partition, offset, max_bytes, out, err) : rc;
 }
@@ -670,6 +768,7 @@ int wr_queue_read(struct wr_queue *q, uint32_t partition, uint64_t offset, size_
 int wr_queue_offsets(const struct wr_queue *q, uint32_t partition, uint64_t *earliest,
                      uint64_t *latest)
 {
+    log_settle(q);
     int rc = log_check(q, partition, NULL);
     if (rc == WR_OK)
         q->ops->offsets(q->state, partition, earliest, latest);
@@ -679,6 +778,7 @@ int wr_queue_offsets(const struct wr_queue *q, uint32_t partition, uint64_t *ear
 int wr_queue_offset_for_time(struct wr_queue *q, uint32_t partition, int64_t ts_ms,
                              uint64_t *offset, int64_t *timestamp)
 {
+    log_settle(q);
     int rc = log_check(q, partition, NULL);
     return rc == WR_OK ? q->ops->offset_for_time(q->state, partition, ts_ms, offset, timestamp)
                        : rc;
@@ -874,6 +974,7 @@ static void queue_dispatch(struct wr_queue *q)
     struct wr_consumer *c;
     uint32_t at = 0;
     if (q->log) {
+        log_settle(q);
         log_dispatch(q);
         if (q->appended && !q->deleted) {
             q->appended = false;
@@ -962,6 +1063,7 @@ void queue_schedule(struct wr_queue *q)
 static uint64_t log_start(struct wr_queue *q, const struct wr_consume_args *args)
 {
     uint64_t first = 0, latest = 0;
+    log_settle(q); /* "last" and "next" count every publish made before */
     q->ops->offsets(q->state, 0, &first, &latest);
     int64_t ts = 0;
     uint64_t at = latest;

@@ -105,7 +105,10 @@ struct wr_sync *wr_broker_sync(struct wr_broker *b, wr_storage_sync_cb *cb, void
         q->dirty = false;
         if (!q->deleted) {
             s->pending++;
-            if (q->ops->sync(q->state, storage_synced, s) != WR_OK)
+            int failed = q->log ? log_flush(q) : WR_OK; /* the barrier covers them too */
+            if (failed != WR_OK)
+                storage_synced(s, failed);
+            else if (q->ops->sync(q->state, storage_synced, s) != WR_OK)
                 storage_synced(s, WR_EIO);
         }
         wr_queue_unref(q);

@@ -325,7 +325,8 @@ Test(queue_log, batches_offsets_and_watches)
     cr_assert_eq(earliest, 0);
     cr_assert_eq(latest, 2);
 
-    /* The first batch as a fetch sends it, appended again as a producer would send it. */
+    /* The first batch as a fetch sends it, appended again as a producer would send it.
+     * Publishes of one loop turn are appended together: the batch holds both. */
     struct wr_log_slice s;
     struct wr_error err = {0};
     cr_assert_eq(wr_queue_read(q, 0, 0, 1, &s, &err), WR_OK, "%s", err.msg);
@@ -343,7 +344,7 @@ Test(queue_log, batches_offsets_and_watches)
     cr_assert_eq(base, 2);
     cr_assert(tu_wait(t.lp, watched_once, &want, 5000), "the watcher was not called");
     cr_assert_eq(wr_queue_offsets(q, 0, &earliest, &latest), WR_OK);
-    cr_assert_eq(latest, 3);
+    cr_assert_eq(latest, 4, "one batch of the two publishes");
     uint64_t at = 0;
     int64_t ts = 0;
     cr_assert_eq(wr_queue_offset_for_time(q, 0, 0, &at, &ts), WR_OK);
@@ -352,9 +353,11 @@ Test(queue_log, batches_offsets_and_watches)
     /* A stream consumer reads the appended batch like any record. */
     struct reader r = {0};
     consume(q, &r, 10, WR_STREAM_OFFSET, 2);
-    expect_n(&r, 1);
+    expect_n(&r, 2);
     cr_assert_str_eq(r.bodies[0], "first");
+    cr_assert_str_eq(r.bodies[1], "second");
     cr_assert_eq(r.offsets[0], 2);
+    cr_assert_eq(r.offsets[1], 3);
 
     /* Many appends in one turn: one call. A watcher may cancel itself in its callback. */
     publish(q, "x", 0);
@@ -529,4 +532,37 @@ Test(queue_log, keys_pick_the_partition_a_kafka_producer_would)
     k = wr_msg_record_key(m);
     cr_assert(k.len == 2 && !memcmp(k.ptr, "21", 2));
     wr_msg_unref(m);
+}
+
+/* Publishes wait for the end of the loop turn to be appended together, but nothing sees
+ * them out of order: a producer's batch appended in between comes after the publishes made
+ * before it, and a reader or a barrier appends what is pending first. */
+Test(queue_log, pending_publishes_keep_their_order)
+{
+    struct wr_queue *q = stream("s");
+    publish(q, "seed", 0);
+    struct wr_log_slice s;
+    struct wr_error err = {0};
+    cr_assert_eq(wr_queue_read(q, 0, 0, 1, &s, &err), WR_OK, "%s", err.msg);
+    uint8_t batch[4096];
+    cr_assert_leq(s.length, sizeof batch);
+    cr_assert_eq(pread(s.fd, batch, s.length, (off_t)s.file_offset), (ssize_t)s.length);
+    close(s.fd);
+
+    publish(q, "a", 0);
+    publish(q, "b", 0);
+    uint64_t base = 0;
+    cr_assert_eq(wr_queue_append_batch(q, 0, batch, s.length, &base, &err), WR_OK, "%s",
+                 err.msg);
+    cr_assert_eq(base, 3, "after seed, a and b");
+    publish(q, "c", 0);
+    cr_assert_eq(wr_queue_depth(q), 5, "a reader counts the pending publish");
+
+    struct reader r = {0};
+    consume(q, &r, 10, WR_STREAM_FIRST, 0);
+    expect_n(&r, 5);
+    const char *const want[] = {"seed", "a", "b", "seed", "c"};
+    expect_bodies(&r, want, 5);
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(r.offsets[i], i);
 }
