@@ -31,7 +31,7 @@
 #include "broker_int.h"
 #include "warren/recfile.h"
 
-#define FORWARD_TURN_MAX 1024 /* records per round, over every partition */
+#define FORWARD_TURN_MAX 2048 /* records per round, over every partition */
 #define FORWARD_READ_MAX 128 /* records per read_msgs */
 #define FILE_NAME "forward.offsets"
 #define RECORD_LEN (4 + 8)
