@@ -15,15 +15,7 @@ endif()
 add_executable(amqp_offset_consumer ${CMAKE_CURRENT_LIST_DIR}/amqp_offset_consumer.c)
 target_link_libraries(amqp_offset_consumer PRIVATE PkgConfig::RABBITMQ_C)
 
-set(script ${CMAKE_CURRENT_LIST_DIR}/bridge_test.py)
-# The test names come from the script's own `def test_*` lines; editing it re-runs configure.
-set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${script})
-file(STRINGS ${script} defs REGEX "^def test_[a-z0-9_]+\\(")
-foreach(def ${defs})
-  string(REGEX REPLACE "^def (test_[a-z0-9_]+)\\(.*" "\\1" name "${def}")
-  add_test(NAME bridge.${name}
-           COMMAND ${WARREN_PYTHON} ${script} ${WARREN_BIN} ${WARREN_PLUGIN_DIR}
-                   ${PROJECT_SOURCE_DIR} $<TARGET_FILE:amqp_offset_consumer> ${name})
-  # The script's own watchdog fails a stuck test after 120 s.
-  set_tests_properties(bridge.${name} PROPERTIES TIMEOUT 200 LABELS "integration;kafka;amqp")
-endforeach()
+# The script's own watchdog fails a stuck test after 120 s.
+warren_python_tests(bridge ${CMAKE_CURRENT_LIST_DIR}/bridge_test.py 200 "integration;kafka;amqp"
+                    ${WARREN_BIN} ${WARREN_PLUGIN_DIR} ${PROJECT_SOURCE_DIR}
+                    $<TARGET_FILE:amqp_offset_consumer>)

@@ -3,19 +3,10 @@
 # each against its own broker), and the Go clients and examples/go-kafka (kafka_go_test.py).
 # Included from tests/CMakeLists.txt, which sets WARREN_BIN, WARREN_PLUGIN_DIR, WARREN_PYTHON.
 
+# The script's own watchdog fails a stuck test after 120 s; kcat exits 77 when missing.
 foreach(suite kcat confluent python)
-  set(script ${CMAKE_CURRENT_LIST_DIR}/kafka_${suite}_test.py)
-  # The test names come from the script's own `def test_*` lines; editing it re-runs configure.
-  set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${script})
-  file(STRINGS ${script} defs REGEX "^def test_[a-z0-9_]+\\(")
-  foreach(def ${defs})
-    string(REGEX REPLACE "^def (test_[a-z0-9_]+)\\(.*" "\\1" name "${def}")
-    add_test(NAME kafka_${suite}.${name}
-             COMMAND ${WARREN_PYTHON} ${script} ${WARREN_BIN} ${WARREN_PLUGIN_DIR} ${name})
-    # The script's own watchdog fails a stuck test after 120 s; kcat exits 77 when missing.
-    set_tests_properties(kafka_${suite}.${name} PROPERTIES TIMEOUT 200 SKIP_RETURN_CODE 77
-                         LABELS "integration;kafka")
-  endforeach()
+  warren_python_tests(kafka_${suite} ${CMAKE_CURRENT_LIST_DIR}/kafka_${suite}_test.py 200
+                      "integration;kafka" ${WARREN_BIN} ${WARREN_PLUGIN_DIR})
 endforeach()
 
 # Go: the kafka_go checks per client, and the example service. Without go or the client's

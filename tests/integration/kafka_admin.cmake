@@ -5,14 +5,6 @@
 # broker). Included from tests/CMakeLists.txt, which sets WARREN_BIN, WARREN_PLUGIN_DIR and
 # WARREN_PYTHON.
 
-set(script ${CMAKE_CURRENT_LIST_DIR}/kafka_admin_test.py)
-# The test names come from the script's own `def test_*` lines; editing it re-runs configure.
-set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${script})
-file(STRINGS ${script} defs REGEX "^def test_[a-z0-9_]+\\(")
-foreach(def ${defs})
-  string(REGEX REPLACE "^def (test_[a-z0-9_]+)\\(.*" "\\1" name "${def}")
-  add_test(NAME kafka_admin.${name}
-           COMMAND ${WARREN_PYTHON} ${script} ${WARREN_BIN} ${WARREN_PLUGIN_DIR} ${name})
-  # The script's own watchdog fails a stuck test after 120 s.
-  set_tests_properties(kafka_admin.${name} PROPERTIES TIMEOUT 200 LABELS "integration;kafka")
-endforeach()
+# The script's own watchdog fails a stuck test after 120 s.
+warren_python_tests(kafka_admin ${CMAKE_CURRENT_LIST_DIR}/kafka_admin_test.py 200
+                    "integration;kafka" ${WARREN_BIN} ${WARREN_PLUGIN_DIR})
