@@ -56,23 +56,17 @@ import sys
 import time
 
 sys.path[:0] = ["bench", "tests/integration"]
-from benchlib import (TICK, flatten_latency, loopback_bandwidth, machine_ticks,  # noqa: E402
-                      option, run_load, write_jsonl)
+from benchlib import (TICK, common_args, flatten_latency, loopback_bandwidth,  # noqa: E402
+                      machine_ticks, option, run_load, write_jsonl)
 import harness  # noqa: E402
 import rabbitmq  # noqa: E402
 
-build = sys.argv[1]
-argv = sys.argv[2:]
-quick = "--quick" in argv
-runs = int(option(argv, "--runs", 1 if quick else 3))
+build, argv, quick, runs, out_path, only_case, time_limit = common_args(sys.argv)
 retries = int(option(argv, "--retries", 0 if quick else 2))
 only = option(argv, "--only", "")
-out_path = option(argv, "--out", "")
-only_case = option(argv, "--case", "")
 load_bin = os.path.join(build, "bench", "amqp_load")
 warren_bin = os.path.join(build, "warren")
 plugin_dir = os.path.abspath(os.path.join(build, "plugins"))
-time_limit = 10 if quick else 30
 scale = 10 if quick else 1
 
 # (name, what it measures, amqp_load arguments, metrics)

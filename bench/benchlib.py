@@ -21,6 +21,16 @@ def option(argv, name, default):
     return argv[argv.index(name) + 1] if name in argv else default
 
 
+def common_args(argv):
+    """What every bench script's Python part reads from sys.argv (the shell wrapper passes the
+    build directory first, then the options bench/benchlib.sh accepted): (build, the options,
+    quick, runs, out_path, only_case, time_limit in seconds)."""
+    build, opts = argv[1], argv[2:]
+    quick = "--quick" in opts
+    return (build, opts, quick, int(option(opts, "--runs", 1 if quick else 3)),
+            option(opts, "--out", ""), option(opts, "--case", ""), 10 if quick else 30)
+
+
 def machine_ticks():
     """(busy, total) CPU ticks of the whole machine so far, from /proc/stat."""
     with open("/proc/stat") as f:

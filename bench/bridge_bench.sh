@@ -45,18 +45,13 @@ import statistics
 import sys
 
 sys.path[:0] = ["bench", "tests/integration"]
-from benchlib import flatten_latency, loopback_bandwidth, option, run_load, write_jsonl  # noqa
+from benchlib import (common_args, flatten_latency, loopback_bandwidth,  # noqa: E402
+                      run_load, write_jsonl)
 import harness  # noqa: E402
 
-build = sys.argv[1]
-argv = sys.argv[2:]
-quick = "--quick" in argv
-runs = int(option(argv, "--runs", 1 if quick else 3))
-out_path = option(argv, "--out", "")
-only_case = option(argv, "--case", "")
+build, argv, quick, runs, out_path, only_case, time_limit = common_args(sys.argv)
 amqp_load = os.path.join(build, "bench", "amqp_load")
 kafka_load = os.path.join(build, "bench", "kafka_load")
-time_limit = 10 if quick else 30
 COUNT = str(1000000 // (10 if quick else 1))
 PACED = ["--rate", "20000", "--count", str(100000 // (10 if quick else 1))]
 WIRE_RECORD = 111  # a 100-byte value in a RecordBatch v2 (kafka_bench.sh)

@@ -29,20 +29,14 @@ import statistics
 import sys
 
 sys.path[:0] = ["bench", "tests/integration"]
-from benchlib import (flatten_latency, loopback_bandwidth, option, run_load,  # noqa: E402
-                      write_jsonl)
+from benchlib import (common_args, flatten_latency, loopback_bandwidth,  # noqa: E402
+                      run_load, write_jsonl)
 import harness  # noqa: E402
 
-build = sys.argv[1]
-argv = sys.argv[2:]
-quick = "--quick" in argv
-runs = int(option(argv, "--runs", 1 if quick else 3))
-out_path = option(argv, "--out", "")
-only_case = option(argv, "--case", "")
+build, argv, quick, runs, out_path, only_case, time_limit = common_args(sys.argv)
 load_bin = os.path.join(build, "bench", "kafka_load")
 warren_bin = os.path.abspath(os.path.join(build, "warren"))
 plugin_dir = os.path.abspath(os.path.join(build, "plugins"))
-time_limit = 10 if quick else 30
 scale = 10 if quick else 1
 PARTITIONS = 4
 # A 100-byte value costs about 111 bytes in a RecordBatch v2 (length, attributes, timestamp
