@@ -525,9 +525,7 @@ static int compact(struct definitions *d, struct wr_error *err)
     struct wr_bytes out = {0};
     for (size_t i = 0; i < n && !out.oom; i++) {
         size_t start = wr_recfile_record_begin(&out);
-        uint8_t *p = wr_bytes_grow(&out, all[i]->len);
-        if (p)
-            memcpy(p, all[i]->payload, all[i]->len);
+        wr_bytes_put(&out, all[i]->payload, all[i]->len);
         wr_recfile_record_end(&out, start);
     }
     free(all);

@@ -59,9 +59,7 @@ void wr_bytes_str(struct wr_bytes *o, const void *ptr, size_t len)
         return;
     }
     wr_bytes_u32(o, (uint32_t)len);
-    uint8_t *p = wr_bytes_grow(o, len);
-    if (p && len)
-        memcpy(p, ptr, len);
+    wr_bytes_put(o, ptr, len);
 }
 
 /* Bytes that are never absent (names, STR and BYTES values), though their ptr may be NULL

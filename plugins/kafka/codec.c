@@ -244,13 +244,6 @@ static void write_be(struct wr_bytes *o, uint64_t v, size_t n)
         p[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
 }
 
-static void write_raw(struct wr_bytes *o, const void *src, size_t n)
-{
-    uint8_t *p = n ? wr_bytes_grow(o, n) : NULL;
-    if (p)
-        memcpy(p, src, n);
-}
-
 void kf_write_i8(struct wr_bytes *o, int8_t v)
 {
     write_be(o, (uint8_t)v, 1);
@@ -280,7 +273,7 @@ void kf_write_f64(struct wr_bytes *o, double v)
 
 void kf_write_uuid(struct wr_bytes *o, struct kf_uuid u)
 {
-    write_raw(o, u.b, sizeof u.b);
+    wr_bytes_put(o, u.b, sizeof u.b);
 }
 
 static void write_uvar(struct wr_bytes *o, uint64_t v)
@@ -292,7 +285,7 @@ static void write_uvar(struct wr_bytes *o, uint64_t v)
         v >>= 7;
     }
     buf[n++] = (uint8_t)v;
-    write_raw(o, buf, n);
+    wr_bytes_put(o, buf, n);
 }
 
 void kf_write_uvarint(struct wr_bytes *o, uint32_t v)
@@ -330,7 +323,7 @@ static void write_blob(struct wr_bytes *o, struct kf_str s, bool compact, bool w
         n = INT16_MAX;
     write_len(o, s.ptr ? n : -1, compact, wide);
     if (s.ptr)
-        write_raw(o, s.ptr, (size_t)n);
+        wr_bytes_put(o, s.ptr, (size_t)n);
 }
 
 void kf_write_string(struct wr_bytes *o, struct kf_str s, bool compact)
@@ -352,7 +345,7 @@ void kf_write_tagged(struct wr_bytes *o, uint32_t tag, struct wr_bytes *val)
 {
     kf_write_uvarint(o, tag);
     kf_write_uvarint(o, (uint32_t)val->len);
-    write_raw(o, val->p, val->len);
+    wr_bytes_put(o, val->p, val->len);
     if (val->oom)
         o->oom = true;
     wr_bytes_free(val);

@@ -95,9 +95,8 @@ static enum kf_msgset_status legacy_msg_read(struct kf_in *in, struct legacy_msg
 static void put_varbytes(struct wr_bytes *o, struct kf_str s)
 {
     kf_write_varint(o, s.ptr ? s.len : -1);
-    uint8_t *dst = s.ptr && s.len ? wr_bytes_grow(o, (size_t)s.len) : NULL;
-    if (dst)
-        memcpy(dst, s.ptr, (size_t)s.len);
+    if (s.ptr)
+        wr_bytes_put(o, s.ptr, (size_t)s.len);
 }
 
 enum kf_msgset_status kf_msgset_to_batch(const uint8_t *p, size_t len, struct wr_bytes *out)
@@ -136,9 +135,7 @@ enum kf_msgset_status kf_msgset_to_batch(const uint8_t *p, size_t len, struct wr
         if (rec.oom)
             break;
         kf_write_varint(out, (int32_t)rec.len);
-        uint8_t *dst = wr_bytes_grow(out, rec.len);
-        if (dst)
-            memcpy(dst, rec.p, rec.len);
+        wr_bytes_put(out, rec.p, rec.len);
     }
     wr_bytes_free(&rec);
     if (rec.oom || out->oom) {

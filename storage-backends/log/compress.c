@@ -214,10 +214,9 @@ int lb_decompress(const uint8_t *batch, size_t len, size_t limit, struct wr_buf 
     const uint8_t *in = batch + LB_HEADER_SIZE;
     size_t n = len - LB_HEADER_SIZE;
     struct wr_bytes plain = {0};
-    uint8_t *p = wr_bytes_grow(&plain, LB_HEADER_SIZE);
-    if (!p)
+    wr_bytes_put(&plain, batch, LB_HEADER_SIZE);
+    if (plain.oom)
         return wr_error_set(err, WR_ENOMEM, "out of memory decompressing records");
-    memcpy(p, batch, LB_HEADER_SIZE);
     int rc;
     switch (codec) {
     case 1: rc = gzip_decode(in, n, &plain, limit, err); break;

@@ -166,16 +166,9 @@ static const struct lr_prop *lr_prop_named(const uint8_t *name, int32_t len)
 
 /* ---- AMQP header values as text ------------------------------------------------------ */
 
-static void lr_append(struct wr_bytes *out, const void *p, size_t n)
-{
-    uint8_t *dst = wr_bytes_grow(out, n);
-    if (dst && n)
-        memcpy(dst, p, n);
-}
-
 static void lr_append_c(struct wr_bytes *out, const char *s)
 {
-    lr_append(out, s, strlen(s));
+    wr_bytes_put(out, s, strlen(s));
 }
 
 /* The shortest "%.Ng" that reads back as the same float or double. Below FLT_DIG/DBL_DIG
@@ -205,38 +198,38 @@ static void lr_append_decimal(struct wr_bytes *out, uint8_t scale, uint32_t valu
     int n = snprintf(digits, sizeof digits, "%" PRIu32, value);
     int whole = n - scale; /* digits before the point */
     if (scale == 0) {
-        lr_append(out, digits, (size_t)n);
+        wr_bytes_put(out, digits, (size_t)n);
     } else if (whole <= 0) {
-        lr_append(out, "0.", 2);
+        wr_bytes_put(out, "0.", 2);
         for (int i = 0; i < -whole; i++)
-            lr_append(out, "0", 1);
-        lr_append(out, digits, (size_t)n);
+            wr_bytes_put(out, "0", 1);
+        wr_bytes_put(out, digits, (size_t)n);
     } else {
-        lr_append(out, digits, (size_t)whole);
-        lr_append(out, ".", 1);
-        lr_append(out, digits + whole, scale);
+        wr_bytes_put(out, digits, (size_t)whole);
+        wr_bytes_put(out, ".", 1);
+        wr_bytes_put(out, digits + whole, scale);
     }
 }
 
 /* s as a JSON string, escaped; bytes that are not UTF-8 pass through as they are. */
 static void lr_append_json_str(struct wr_bytes *out, const char *s, size_t len)
 {
-    lr_append(out, "\"", 1);
+    wr_bytes_put(out, "\"", 1);
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
         char esc[8];
         if (c == '"' || c == '\\') {
             esc[0] = '\\';
             esc[1] = (char)c;
-            lr_append(out, esc, 2);
+            wr_bytes_put(out, esc, 2);
         } else if (c < 0x20) {
             snprintf(esc, sizeof esc, "\\u%04x", c);
-            lr_append(out, esc, 6);
+            wr_bytes_put(out, esc, 6);
         } else {
-            lr_append(out, &s[i], 1);
+            wr_bytes_put(out, &s[i], 1);
         }
     }
-    lr_append(out, "\"", 1);
+    wr_bytes_put(out, "\"", 1);
 }
 
 /* v as text (json false: a header value; true: inside a JSON table or array). */
@@ -263,34 +256,34 @@ static void lr_append_value(struct wr_bytes *out, const struct wr_value *v, bool
         if (json)
             lr_append_json_str(out, v->u.s.ptr, v->u.s.len);
         else
-            lr_append(out, v->u.s.ptr, v->u.s.len);
+            wr_bytes_put(out, v->u.s.ptr, v->u.s.len);
         break;
     case WR_V_TABLE: {
         const struct wr_table *t = v->u.table;
-        lr_append(out, "{", 1);
+        wr_bytes_put(out, "{", 1);
         for (size_t i = 0; i < t->count; i++) {
             if (i)
-                lr_append(out, ",", 1);
+                wr_bytes_put(out, ",", 1);
             lr_append_json_str(out, t->fields[i].name, t->fields[i].name_len);
-            lr_append(out, ":", 1);
+            wr_bytes_put(out, ":", 1);
             lr_append_value(out, &t->fields[i].value, true);
         }
-        lr_append(out, "}", 1);
+        wr_bytes_put(out, "}", 1);
         break;
     }
     case WR_V_ARRAY: {
         const struct wr_array *a = v->u.array;
-        lr_append(out, "[", 1);
+        wr_bytes_put(out, "[", 1);
         for (size_t i = 0; i < a->count; i++) {
             if (i)
-                lr_append(out, ",", 1);
+                wr_bytes_put(out, ",", 1);
             lr_append_value(out, &a->items[i], true);
         }
-        lr_append(out, "]", 1);
+        wr_bytes_put(out, "]", 1);
         break;
     }
     default: /* the integer types and TIMESTAMP, all held in u.i */
-        lr_append(out, num, lr_i64_text(num, v->u.i));
+        wr_bytes_put(out, num, lr_i64_text(num, v->u.i));
         break;
     }
 }

@@ -86,9 +86,7 @@ int qj_encode_enqueue(struct wr_bytes *o, uint64_t seq, const struct wr_msg *msg
     wr_msg_meta_encode(o, msg);
     size_t body_len = 0;
     const uint8_t *body = wr_msg_body(msg, &body_len);
-    uint8_t *p = wr_bytes_grow(o, body_len);
-    if (p && body_len)
-        memcpy(p, body, body_len);
+    wr_bytes_put(o, body, body_len);
     return out_finish(o);
 }
 

@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "warren/error.h"
 #include "warren/export.h"
@@ -153,6 +154,13 @@ static inline void wr_le64_put(uint8_t *p, uint64_t v)
 }
 
 /* Appenders; like wr_bytes_grow they set oom and do nothing when memory runs out. */
+static inline void wr_bytes_put(struct wr_bytes *b, const void *ptr, size_t n)
+{
+    uint8_t *p = n ? wr_bytes_grow(b, n) : NULL;
+    if (p)
+        memcpy(p, ptr, n);
+}
+
 static inline void wr_bytes_u8(struct wr_bytes *b, uint8_t v)
 {
     uint8_t *p = wr_bytes_grow(b, 1);
